@@ -1,0 +1,1 @@
+"""The camera side of a unit: capture, motion, clips, snapshots, tamper, retention."""

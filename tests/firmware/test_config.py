@@ -1,0 +1,206 @@
+"""Every configuration rule gives one line with its key path, what was expected
+and what was found; `xunfang config check` lists them all and exits 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_py.config import load_config, parse_config
+from firmware_py.exc import ConfigInvalid, ConfigUnreadable
+from tests.support.units import base_document, merge, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "config").glob("*.toml"))
+
+
+def problems(tmp_path: Path, **overrides: Any) -> list[str]:
+    doc = merge(base_document(tmp_path), overrides)
+    with pytest.raises(ConfigInvalid) as info:
+        parse_config(doc)
+    return info.value.problems
+
+
+def test_there_is_an_example_for_each_kind_of_site_and_the_demo() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"patrol-point", "kiosk", "checkpoint", "demo"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_are_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.sha256 and cfg.source_path == path
+
+
+# (overrides, the line expected among the problems)
+RULES: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown top key", {"unti": {}}, "unti: unknown key"),
+    ("unknown nested key", {"mqtt": {"keepalive": 30}}, "mqtt.keepalive: unknown key"),
+    ("unit id", {"unit": {"id": "ZT_pp"}}, 'unit.id: must match ^[a-z0-9-]{1,32}$, got "ZT_pp"'),
+    ("site", {"unit": {"site": "zhuan tang"}}, "unit.site: must match"),
+    ("kind", {"unit": {"kind": "patrol_pont"}},
+     'unit.kind: must be one of "patrol_point", "kiosk", "checkpoint", got "patrol_pont"'),
+    ("timezone", {"unit": {"timezone": "Mars/Olympus"}},
+     "unit.timezone: must be an IANA time zone"),
+    ("latitude range", {"unit": {"latitude": 91, "longitude": 120}},
+     "unit.latitude: must be at most 90.0, got 91"),
+    ("coordinates go together", {"unit": {"latitude": 30.16}},
+     "unit: latitude and longitude go together"),
+    ("port", {"mqtt": {"port": 70000}}, "mqtt.port: must be at most 65535, got 70000"),
+    ("protocol", {"mqtt": {"protocol": 5}}, 'mqtt.protocol: must be one of "5", "3.1.1", got 5'),
+    ("keepalive", {"mqtt": {"keepalive_s": 1}}, "mqtt.keepalive_s: must be at least 5, got 1"),
+    ("password needs user", {"mqtt": {"password_file": "/etc/pw"}},
+     "mqtt: password_file is set but username is not"),
+    ("tls pairs", {"mqtt": {"tls": {"ca": "/ca.pem", "cert": "/c.pem"}}},
+     "mqtt.tls: cert and key go together"),
+    ("tls needs ca", {"mqtt": {"tls": {"cert": "/c.pem", "key": "/k.pem"}}},
+     "mqtt.tls.ca: required key is missing"),
+    ("boolean", {"mqtt": {"centre_ack": "yes"}}, 'mqtt.centre_ack: expected bool, got "yes"'),
+    ("key not base64", {"security": {"command_keys": {"c": "not base64!"}}},
+     "security.command_keys: key 'c': must be the standard base64"),
+    ("key wrong length", {"security": {"command_keys": {"c": "AAAA"}}},
+     "security.command_keys: key 'c': must decode to 32 bytes"),
+    ("ack key commands", {"security": {"ack_keys": {"l": "X4aAoRL1/AE8KU0YGX1XjwsuFD5cOLtHy1x"
+                                                         "+cLha81Y="}}},
+     "security: ack key(s) l also listed in command_keys"),
+    ("driver", {"readers": [{"name": "m", "driver": "rdm630", "port": "/dev/serial0"}]},
+     'readers[0].driver: must be one of "rdm6300", "pn532", "line", "sim", got "rdm630"'),
+    ("baud", {"readers": [{"name": "m", "driver": "rdm6300", "port": "/dev/serial0",
+                           "baud": 9601}]},
+     "readers[0].baud: must be one of 9600, 19200, 38400, 57600, 115200, got 9601"),
+    ("reader port", {"readers": [{"name": "m", "driver": "line"}]},
+     "readers[0].port: required key is missing"),
+    ("pin range", {"feedback": {"ok_led": 40}}, "feedback.ok_led: must be at most 27, got 40"),
+    ("pin type", {"feedback": {"buzzer": "GPIO22"}}, 'feedback.buzzer: expected int, got "GPIO22"'),
+    ("light pins", {"lights": {"warning": {"pins": [5, 6, 7]}}},
+     "lights.warning.pins: list should have at most 2 items"),
+    ("light pins empty", {"lights": {"warning": {"pins": []}}},
+     "lights.warning.pins: list should have at least 1 item"),
+    ("alternate needs two", {"lights": {"box": {"pins": [13], "schedule_mode": "alternate"}}},
+     "lights.box: mode alternate needs two pins"),
+    ("light mode", {"lights": {"box": {"pins": [13], "schedule_mode": "flash"}}},
+     'lights.box.schedule_mode: must be one of "off", "on", "blink", "strobe", "alternate"'),
+    ("schedule window", {"lights": {"box": {"pins": [13], "schedule": ["25:00-01:00"]}}},
+     "lights.box.schedule: must be a time window HH:MM-HH:MM, got '25:00-01:00'"),
+    ("empty window list", {"lights": {"box": {"pins": [13], "schedule": []}}},
+     "lights.box.schedule: an empty list of windows"),
+    ("schedule word", {"lights": {"box": {"pins": [13], "schedule": "nightly"}}},
+     "lights.box.schedule"),
+    ("level key", {"lights": {"box": {"pins": [13], "level_modes": {"4": "on"}}}},
+     "lights.box.level_modes[4]: must be one of 1, 2, 3, got 4"),
+    ("patrol window", {"patrol": {"windows": {"night": "23:00-23:00"}}},
+     "patrol.windows: window 'night': window '23:00-23:00' is empty"),
+    ("round interval", {"patrol": {"round_every_min": {"3": "two hours"}}},
+     'patrol.round_every_min[3]: expected int, got "two hours"'),
+    ("min people", {"patrol": {"min_people": 0}}, "patrol.min_people: must be at least 1, got 0"),
+    ("camera source", {"cameras": [{"name": "gate", "source": ""}]},
+     "cameras[0].source: string should have at least 1 character"),
+    ("journal size", {"journal": {"max_mb": 0}}, "journal.max_mb: must be at least 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [(o, e) for _, o, e in RULES],
+                         ids=[r[0] for r in RULES])
+def test_each_rule_names_its_key_path(tmp_path: Path, overrides: dict[str, Any],
+                                      expected: str) -> None:
+    found = problems(tmp_path, **overrides)
+    assert any(line.startswith(expected) for line in found), found
+
+
+CROSS_RULES: list[tuple[str, dict[str, Any], str]] = [
+    ("pin used twice", {"feedback": {"ok_led": 17}, "inputs": {"panic": 17}},
+     "inputs.panic: GPIO17 is already used by feedback.ok_led"),
+    ("light pin clash", {"lights": {"a": {"pins": [5, 6]}, "b": {"pins": [6]}}},
+     "lights.b.pins[0]: GPIO6 is already used by lights.a.pins[1]"),
+    ("sunset needs position", {"lights": {"a": {"pins": [5], "schedule": "sunset-sunrise"}}},
+     'lights.a.schedule: "sunset-sunrise" needs unit.latitude and unit.longitude'),
+    ("reader names", {"readers": [{"name": "m", "driver": "sim", "port": "sim"},
+                                  {"name": "m", "driver": "line", "port": "/dev/ttyUSB0"}]},
+     "readers[1].name: 'm' is already the name of readers[0]"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [(o, e) for _, o, e in CROSS_RULES],
+                         ids=[r[0] for r in CROSS_RULES])
+def test_rules_across_sections_name_both_keys(tmp_path: Path, overrides: dict[str, Any],
+                                              expected: str) -> None:
+    assert expected in problems(tmp_path, **overrides)
+
+
+def test_all_problems_are_listed_at_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, unit={"id": "X", "kind": "shop"}, mqtt={"port": 0},
+                     readers=[{"name": "m", "driver": "rdm6300", "port": "p", "baud": 1}])
+    assert [line.split(":")[0] for line in found] == ["unit.id", "unit.kind", "mqtt.port",
+                                                     "readers[0].baud"]
+
+
+def test_defaults_follow_the_contract(tmp_path: Path) -> None:
+    cfg = parse_config(merge(base_document(tmp_path),
+                             {"lights": {"w": {"pins": [5, 6]}, "b": {"pins": [13]}}}))
+    assert cfg.mqtt.protocol == "5" and cfg.mqtt.keepalive_s == 30
+    assert cfg.mqtt.centre_ack is True and cfg.mqtt.resend_after_s == 60
+    assert cfg.mqtt.health_interval_s == 60
+    assert cfg.patrol.visit_gap_s == 60 and cfg.patrol.min_people == 2
+    assert cfg.patrol.round_every_min == {3: 120, 2: 60, 1: 30}
+    assert cfg.patrol.windows["night"] == "23:00-05:00"
+    assert cfg.lights["w"].effective_schedule_mode == "alternate"
+    assert cfg.lights["b"].effective_schedule_mode == "on"
+    assert cfg.lights["w"].effective_level_modes == {1: "strobe", 2: "alternate"}
+    assert cfg.lights["b"].effective_level_modes == {1: "strobe", 2: "blink"}
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    doc = merge(base_document(Path("data")), {"mqtt": {
+        "username": "zt-pp-03", "password_file": "secret/pw",
+        "tls": {"ca": "tls/ca.pem", "cert": "/etc/xunfang/unit.pem", "key": "tls/unit.key"}}})
+    path = write_config(tmp_path / "site" / "unit.toml", doc) if (tmp_path / "site").mkdir() \
+        is None else None
+    assert path is not None
+    cfg = load_config(path)
+    assert cfg.unit.data_dir == tmp_path / "site" / "data"
+    assert cfg.mqtt.password_file == tmp_path / "site" / "secret" / "pw"
+    assert cfg.mqtt.tls is not None
+    assert cfg.mqtt.tls.ca == tmp_path / "site" / "tls" / "ca.pem"
+    assert cfg.mqtt.tls.cert == Path("/etc/xunfang/unit.pem")
+
+
+def test_unreadable_and_non_toml_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigUnreadable, match="cannot read config"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[unit\nid = 1\n")
+    with pytest.raises(ConfigUnreadable, match="not valid TOML"):
+        load_config(broken)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[unit]")
+    with pytest.raises(ConfigUnreadable, match="not UTF-8"):
+        load_config(binary)
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "firmware_py.cli", "config", "check", "-c",
+                           str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_config_check_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    doc = merge(base_document(tmp_path), {"unit": {"id": "ZT_pp"}, "mqtt": {"port": 0},
+                                          "readers": [{"name": "m", "driver": "rdm6300",
+                                                       "port": "/dev/serial0", "baud": 9601}]})
+    proc = _check(write_config(tmp_path / "unit.toml", doc))
+    assert proc.returncode == 2
+    assert "configuration has 3 problem(s)" in proc.stderr
+    for line in ('unit.id: must match ^[a-z0-9-]{1,32}$, got "ZT_pp"',
+                 "mqtt.port: must be at least 1, got 0",
+                 "readers[0].baud: must be one of 9600, 19200, 38400, 57600, 115200, got 9601"):
+        assert f"  {line}\n" in proc.stderr
+
+
+def test_config_check_says_ok_for_a_good_file_and_exits_2_for_no_file(tmp_path: Path) -> None:
+    proc = _check(REPO / "config" / "kiosk.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: unit zt-kiosk-shangbu (kiosk) of site zhuantang" in proc.stdout
+    assert _check(tmp_path / "nope.toml").returncode == 2

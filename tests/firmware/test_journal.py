@@ -1,0 +1,314 @@
+"""The journal's promises: durable appends, sequence numbers never reused, pruning
+only what the centre acknowledged, and concurrent writers in several processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from firmware_py.clock import ManualClock
+from firmware_py.exc import JournalCorrupt, JournalError, JournalWriteFailed
+from firmware_py.journal import Journal
+from tests.support.schemas import validate
+
+UNIT, SITE = "zt-pp-03", "zhuantang"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(wall_ms=1_795_000_000_123, monotonic=42.5, synced=False,
+                       boot_id="3f1c2d4e-0000-4000-8000-00000000beef")
+
+
+@pytest.fixture
+def journal(tmp_path: Path, clock: ManualClock) -> Journal:
+    j = Journal(tmp_path / "journal.db", unit=UNIT, site=SITE, clock=clock)
+    yield j
+    j.close()
+
+
+def test_new_journal_is_owner_only_wal_and_has_a_random_id(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        j.append("unit", {"state": "started", "version": "t", "config_sha256": ""})
+        assert len(j.journal_id) == 16 and int(j.journal_id, 16) >= 0
+        assert j._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert j._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        for name in ("journal.db", "journal.db-wal", "journal.db-shm"):
+            mode = stat.S_IMODE(os.stat(path.parent / name).st_mode)
+            assert mode == 0o600, f"{name} has mode {oct(mode)}"
+    with Journal(tmp_path / "other.db", unit=UNIT, site=SITE) as other:
+        assert other.journal_id != j.journal_id
+    with Journal(path, unit=UNIT, site=SITE) as again:
+        assert again.journal_id == j.journal_id
+
+
+def test_append_stamps_the_envelope_from_the_injected_clock(journal: Journal) -> None:
+    event = journal.append("checkin", {"card": "14008EC793", "reader": "main",
+                                       "decision": "accepted", "badge": "P-017",
+                                       "role": "patrol", "visit": None})
+    env = event.envelope()
+    assert env["id"] == f"{UNIT}:{journal.journal_id}:1"
+    assert env["seq"] == 1 and env["kind"] == "checkin"
+    assert env["ts"] == "2026-11-18T11:06:40.123Z"
+    assert env["mono"] == 42.5
+    assert env["boot_id"] == "3f1c2d4e-0000-4000-8000-00000000beef"
+    assert env["clock_synced"] is False
+    assert "resent" not in env and event.envelope(resent=True)["resent"] is True
+    validate(f"xunfang/v1/{SITE}/{UNIT}/events/checkin", env)
+    stored = journal.event(1)
+    assert stored is not None and stored.envelope() == env
+
+
+def test_clock_sync_state_is_recorded_per_event(journal: Journal, clock: ManualClock) -> None:
+    first = journal.append("unit", {"state": "started"})
+    clock.set_wall(1_800_000_000_000, synced=True)
+    second = journal.append("unit", {"state": "stopping"})
+    assert (first.clock_synced, second.clock_synced) == (False, True)
+    assert second.ts_ms - first.ts_ms == 1_800_000_000_000 - 1_795_000_000_123
+
+
+def test_bad_kind_and_oversized_data_are_refused_and_nothing_is_written(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="kind"):
+        journal.append("Check-In", {})
+    with pytest.raises(ValueError, match="limit"):
+        journal.append("checkin", {"blob": "x" * 70_000})
+    assert journal.last_seq() == 0
+
+
+def test_sequence_numbers_are_never_reused_after_pruning_everything(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        for i in range(10):
+            j.append("reader", {"i": i})
+        j.mark_acked(10)
+        assert j.prune(max_age_s=0) == 10
+        assert j.count() == 0
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        assert j.last_seq() == 10
+        assert j.append("reader", {"i": 10}).seq == 11
+
+
+def test_a_failed_transaction_does_not_consume_a_sequence_number(journal: Journal) -> None:
+    journal.append("reader", {})
+    with pytest.raises(RuntimeError), journal._write() as cur:
+        cur.execute("INSERT INTO events (kind, unit, site, ts_ms, boot_id, mono, clock_synced,"
+                    " data, recorded_at) VALUES ('x','u','s',0,'b',0,0,'{}',0)")
+        raise RuntimeError("abort")
+    assert journal.append("reader", {}).seq == 2
+
+
+def test_disk_full_raises_write_failed_and_the_journal_recovers(journal: Journal) -> None:
+    journal.append("reader", {"n": 0})
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+    # Cap the file at its current size: SQLite then fails exactly as on a full disk.
+    journal._db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(JournalWriteFailed, match="full"):
+        for i in range(1000):
+            journal.append("reader", {"n": i, "pad": "y" * 2000})
+    stored_before = journal.count()
+    journal._db.execute("PRAGMA max_page_count=1073741823")
+    event = journal.append("reader", {"after": True})
+    assert event.seq == journal.last_seq() and journal.count() == stored_before + 1
+
+
+def test_ack_only_moves_forward_and_never_past_the_last_event(journal: Journal) -> None:
+    for _ in range(5):
+        journal.append("reader", {})
+    assert journal.mark_acked(3) is True
+    assert journal.mark_acked(2) is False and journal.acked_seq() == 3
+    with pytest.raises(ValueError, match="beyond"):
+        journal.mark_acked(6)
+    assert journal.pending_count() == 2
+    oldest = journal.oldest_pending()
+    assert oldest is not None and oldest.seq == 4
+
+
+def test_cursors_are_per_consumer_and_monotonic(journal: Journal) -> None:
+    journal.set_cursor("camera-checkins", 7)
+    journal.set_cursor("camera-checkins", 4)
+    journal.set_cursor("other", 1)
+    assert journal.cursor("camera-checkins") == 7
+    assert journal.cursor("other") == 1 and journal.cursor("never") == 0
+
+
+def test_prune_by_age_removes_only_acknowledged_events(journal: Journal) -> None:
+    for i in range(20):
+        journal.append("reader", {"i": i})
+    journal.mark_acked(12)
+    assert journal.prune(max_age_s=3600) == 0  # all younger than an hour
+    assert journal.prune(max_age_s=0) == 12
+    assert journal.first_seq() == 13 and journal.count() == 8
+
+
+def test_prune_by_size_stops_at_the_first_unacknowledged_event(journal: Journal) -> None:
+    for i in range(600):
+        journal.append("reader", {"i": i, "pad": "z" * 400})
+    journal.mark_acked(200)
+    big = journal.size_bytes()
+    deleted = journal.prune(max_bytes=16 * 1024, batch=50)
+    assert deleted == 200
+    assert journal.first_seq() == 201 and journal.count() == 400
+    assert journal.size_bytes() < big
+    # Over the limit and nothing acknowledged left: nothing more goes.
+    assert journal.prune(max_bytes=1) == 0 and journal.count() == 400
+
+
+def test_inbox_keeps_each_command_once_with_its_event(journal: Journal) -> None:
+    entry = journal.inbox_put("cmd-1", "snapshot", {"camera": "gate"}, event_kind="command",
+                              event_data={"command": "cmd-1", "name": "snapshot",
+                                          "result": "applied", "reason": None})
+    assert entry is not None and entry.n == 1
+    assert journal.inbox_put("cmd-1", "snapshot", {"camera": "gate"}, event_kind="command",
+                             event_data={}) is None
+    journal.inbox_put("cmd-2", "lights.test", {})
+    assert [e.command_id for e in journal.inbox_after(0)] == ["cmd-1", "cmd-2"]
+    assert [e.name for e in journal.inbox_after(0, names=["lights.test"])] == ["lights.test"]
+    assert journal.inbox_seen("cmd-2") and not journal.inbox_seen("cmd-3")
+    assert [e.kind for e in journal.events_after(0)] == ["command"]
+
+
+def test_state_store_survives_reopen_and_commits_with_its_event(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        j.state_set("level", {"level": 2, "expires_at": None})
+        event = j.append("level", {"level": 1, "previous": 2, "expires_at": None, "by": "c1"},
+                         state={"level": {"level": 1, "expires_at": None}, "gone": None})
+        j.state_set("device/readers/main", {"state": "online"})
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        assert j.state_get("level") == {"level": 1, "expires_at": None}
+        assert j.state_get("missing", "default") == "default"
+        assert j.state_items("device/") == {"device/readers/main": {"state": "online"}}
+        assert j.event(event.seq).kind == "level"
+
+
+def test_wait_sees_an_append_from_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        assert j.wait(0, timeout=0.2) is False
+        code = (f"from firmware_py.journal import Journal\n"
+                f"Journal({str(path)!r}, unit={UNIT!r}, site={SITE!r}).append('reader', {{}})\n")
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            assert j.wait(0, timeout=20) is True
+        finally:
+            proc.wait(timeout=20)
+        assert time.monotonic() - started < 20
+        assert j.events_after(0)[0].kind == "reader"
+
+
+def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(JournalCorrupt, match=r"garbage\.db"):
+        Journal(garbage, unit=UNIT, site=SITE)
+    foreign = tmp_path / "foreign.db"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE t (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalCorrupt, match="not a xunfang journal"):
+        Journal(foreign, unit=UNIT, site=SITE)
+
+
+def test_close_is_safe_twice_and_a_closed_journal_says_so(journal: Journal) -> None:
+    journal.close()
+    journal.close()
+    assert "closed" in repr(journal)
+    with pytest.raises(JournalError, match="closed"):
+        journal.append("reader", {})
+
+
+# -- several processes, and crashes ----------------------------------------------------------
+
+
+def _append_many(path: str, tag: str, count: int, barrier: multiprocessing.Barrier) -> None:
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        barrier.wait(timeout=30)
+        for i in range(count):
+            j.append("reader", {"writer": tag, "i": i})
+
+
+def test_three_processes_appending_get_distinct_gap_free_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    Journal(path, unit=UNIT, site=SITE).close()
+    per_writer = 150
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_append_many, args=(str(path), tag, per_writer, barrier))
+             for tag in ("station", "camera", "uplink")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=90)
+        assert p.exitcode == 0
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        events = j.events_after(0, limit=10_000)
+    assert [e.seq for e in events] == list(range(1, 3 * per_writer + 1))
+    for tag in ("station", "camera", "uplink"):
+        mine = [e.data["i"] for e in events if e.data["writer"] == tag]
+        assert mine == list(range(per_writer)), f"{tag} lost or reordered rows"
+
+
+_CRASH_WRITER = textwrap.dedent("""
+    import sys
+    from firmware_py.journal import Journal
+    j = Journal(sys.argv[1], unit="zt-pp-03", site="zhuantang")
+    i = 0
+    while True:
+        e = j.append("checkin", {"i": i, "pad": "p" * (i % 700)})
+        if i % 50 == 0:
+            j.mark_acked(e.seq - 10) if e.seq > 10 else None
+            j.prune(max_bytes=64 * 1024)
+        # Only now, after append() returned, may the outside world know of it.
+        sys.stdout.write(f"{e.seq} {i}\\n")
+        sys.stdout.flush()
+        i += 1
+""")
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_sigkill_mid_stream_loses_no_returned_event_and_reuses_no_number(
+        tmp_path: Path, round_: int) -> None:
+    path = tmp_path / "journal.db"
+    confirmed: dict[int, int] = {}
+    for attempt in range(2):
+        proc = subprocess.Popen([sys.executable, "-c", _CRASH_WRITER, str(path)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        target = 300 + 150 * round_
+        for got, line in enumerate(proc.stdout, start=1):
+            seq, i = map(int, line.split())
+            assert seq not in confirmed, f"sequence number {seq} handed out twice"
+            confirmed[seq] = i
+            if got >= target:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        # Lines still buffered in the pipe were returned by append() too.
+        for line in proc.stdout.read().splitlines():
+            seq, i = map(int, line.split())
+            confirmed[seq] = i
+        with Journal(path, unit=UNIT, site=SITE) as j:
+            assert j._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            acked = j.acked_seq()
+            stored = {e.seq: e.data["i"] for e in j.events_after(0, limit=100_000)}
+            for seq, i in confirmed.items():
+                if seq > acked:
+                    assert stored.get(seq) == i, f"confirmed event {seq} lost (attempt {attempt})"
+            assert j.last_seq() >= max(confirmed)
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        assert j.append("reader", {}).seq > max(confirmed)
+    assert json.dumps(sorted(confirmed))  # numbers were unique across both runs

@@ -1,0 +1,1 @@
+"""Test support: real brokers (Mosquitto, NATS) and a throwaway PKI for them."""
