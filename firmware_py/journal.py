@@ -211,6 +211,48 @@ class Journal:
              clock: Clock | None = None) -> Journal:
         return cls(path, unit=unit, site=site, clock=clock)
 
+    @classmethod
+    def open_or_recover(cls, path: str | os.PathLike[str], unit: str, site: str,
+                        clock: Clock | None = None) -> tuple[Journal, Path | None]:
+        """Open the journal; if the file is corrupt, move it aside and start a new one.
+
+        A unit must keep recording even when its SD card mangled the journal:
+        the damaged file (and its -wal/-shm) is renamed to
+        ``journal.db.corrupt-{time}`` for forensics, never deleted, and a new
+        journal with a new id takes its place, so no event id can repeat.
+        Several daemons may try at once; a lock file lets one of them do it.
+        Returns the journal and where the corrupt file went (None if none).
+        """
+        import fcntl
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls(path, unit=unit, site=site, clock=clock), None
+        except JournalCorrupt as err:
+            first_error = err
+        lock_path = path.with_name(path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # another daemon may have replaced it while we waited for the lock
+                return cls(path, unit=unit, site=site, clock=clock), None
+            except JournalCorrupt:
+                pass
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+            for suffix in ("", "-wal", "-shm"):
+                src = path.with_name(path.name + suffix)
+                if src.exists():
+                    os.replace(src, aside.with_name(aside.name + suffix))
+            _fsync_dir(path.parent)
+            log.critical("journal %s is corrupt (%s): moved it to %s and started a new journal",
+                         path, first_error, aside)
+            return cls(path, unit=unit, site=site, clock=clock), aside
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     # -- set-up -----------------------------------------------------------------
 
     def _setup(self, created: bool) -> None:

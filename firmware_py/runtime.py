@@ -248,12 +248,15 @@ class Runtime:
 
     def start(self) -> None:
         cfg = self.config
-        self.journal = Journal(cfg.journal_path, unit=cfg.unit.id, site=cfg.unit.site,
-                               clock=self.clock)
-        self.journal.append("unit", {
+        self.journal, moved_aside = Journal.open_or_recover(
+            cfg.journal_path, unit=cfg.unit.id, site=cfg.unit.site, clock=self.clock)
+        started: dict[str, Any] = {
             "state": "started", "version": __version__, "config_sha256": cfg.sha256,
             "component": self.label,
-        })
+        }
+        if moved_aside is not None:
+            started["journal_recovered"] = moved_aside.name
+        self.journal.append("unit", started)
         ctx = UnitContext(cfg, self.journal, self.clock, self.stop_event)
         for name in self.names:
             component = self.factories[name](ctx)

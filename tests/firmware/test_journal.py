@@ -312,3 +312,22 @@ def test_sigkill_mid_stream_loses_no_returned_event_and_reuses_no_number(
     with Journal(path, unit=UNIT, site=SITE) as j:
         assert j.append("reader", {}).seq > max(confirmed)
     assert json.dumps(sorted(confirmed))  # numbers were unique across both runs
+
+
+def test_a_corrupt_journal_is_moved_aside_and_a_new_one_started(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        j.append("reader", {})
+        old_id = j.journal_id
+    # A mangled SD card: the header page overwritten.
+    with open(path, "r+b") as f:
+        f.write(b"\xde\xad\xbe\xef" * 256)
+    j, aside = Journal.open_or_recover(path, unit=UNIT, site=SITE)
+    with j:
+        assert aside is not None and aside.name.startswith("journal.db.corrupt-")
+        assert aside.exists(), "the damaged file is kept for forensics"
+        assert j.journal_id != old_id and j.last_seq() == 0
+        assert j.append("reader", {}).id.startswith(f"{UNIT}:{j.journal_id}:")
+    again, none = Journal.open_or_recover(path, unit=UNIT, site=SITE)
+    with again:
+        assert none is None and again.last_seq() == 1
