@@ -1,19 +1,96 @@
 """The station component: the unit's hardware side (readers, lights, inputs).
 
-It owns the serial readers and the GPIO pins, and runs the patrol logic. Its
-loop waits on the journal (for the inbox and state the uplink writes) and on
-its devices; each hardware feature adds its part to :meth:`step`.
+It owns the serial readers and the GPIO pins and runs the patrol logic. Each
+hardware feature is a :class:`StationPart` in its own module: the station
+builds the parts the config asks for, gives each a turn every loop, and waits
+on the journal (the inbox and state the uplink writes) in between. A part that
+fails is logged and retried on the next turn; the others go on (invariant 7).
 """
 
 from __future__ import annotations
 
-from .runtime import Component
+import logging
+import time
+from typing import Any, ClassVar
+
+from .runtime import Component, UnitContext
+
+log = logging.getLogger("xunfang.station")
+
+
+class StationPart:
+    """One feature of the station (lights, readers, inputs, patrol logic).
+
+    ``tick(now_mono)`` runs every loop (at least once a second, and whenever
+    the journal changes) and must return quickly; ``health()`` is this part's
+    contribution to the unit's health, written to the journal's state store.
+    """
+
+    name: ClassVar[str] = "part"
+
+    def __init__(self, ctx: UnitContext) -> None:
+        self.ctx = ctx
+
+    def open(self) -> None:
+        """Claim pins and ports."""
+
+    def tick(self, now_mono: float) -> None:
+        """Do what is due."""
+
+    def close(self) -> None:
+        """Release pins and ports; safe twice."""
+
+    def health(self) -> dict[str, Any]:
+        return {}
+
+
+def build_parts(ctx: UnitContext) -> list[StationPart]:
+    """The parts this unit's config asks for, in the order they should act."""
+    parts: list[StationPart] = []
+    return parts
 
 
 class StationComponent(Component):
     name = "station"
+    # Longest wait between turns: schedules and blink-free decisions need no more.
+    tick_s: ClassVar[float] = 0.25
+
+    def __init__(self, ctx: UnitContext) -> None:
+        super().__init__(ctx)
+        self.parts: list[StationPart] = []
+        self._part_errors: dict[str, int] = {}
+
+    def setup(self) -> None:
+        self.parts = build_parts(self.ctx)
+        for part in self.parts:
+            part.open()
 
     def step(self) -> None:
-        # Wake on any journal change (a command in the inbox, a new desired
-        # state), at the latest every second so the watchdog sees the beat.
-        self.ctx.journal.wait_for_change(1.0)
+        now = time.monotonic()
+        for part in self.parts:
+            try:
+                part.tick(now)
+            except Exception:
+                n = self._part_errors[part.name] = self._part_errors.get(part.name, 0) + 1
+                # Every failure is logged, but with the traceback only now and then.
+                log.error("station part %s failed (%d times)", part.name, n,
+                          exc_info=n == 1 or n % 100 == 0)
+            self.beat()
+        # Wake on any journal change (a command in the inbox, a new desired state).
+        self.ctx.journal.wait_for_change(self.tick_s)
+
+    def teardown(self) -> None:
+        for part in reversed(self.parts):
+            try:
+                part.close()
+            except Exception:
+                log.exception("closing station part %s failed", part.name)
+        self.parts = []
+
+    def status(self) -> str:
+        return ", ".join(p.name for p in self.parts) or "idle"
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = super().health()
+        out["part_errors"] = dict(self._part_errors)
+        return out
