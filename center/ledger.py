@@ -1,0 +1,1703 @@
+"""The centre's event ledger: store every unit's events once, acknowledge what is stored.
+
+A broker's PUBACK only says the broker took a message (MQTT-API.md, "End-to-end
+acknowledgement"), so a unit keeps every event until the ledger says it is
+*stored*. The ledger is one process per site:
+
+- It holds a persistent MQTT session (MQTT 5 ``clean_start`` false with a
+  session expiry, or 3.1.1 ``clean_session`` false) subscribed at QoS 1 to
+  ``xunfang/v1/{site}/+/events/+``, ``…/+/status`` and ``…/+/ack``, with
+  paho's ``manual_ack``: the PUBACK for an event goes back only after the
+  SQLite transaction holding it has committed (WAL, ``synchronous=FULL``, so
+  committed means fsynced). Until then the broker still owns the message and
+  redelivers it after a reconnect.
+- It stores each event once, keyed by its id ``{unit}:{journal}:{seq}``. A
+  second copy (a ``resent`` one, or a broker redelivery) is counted as a
+  duplicate; a copy whose content differs from the stored one is counted and
+  logged as a conflict, and the first copy stays.
+- It checks the envelope's identity against the topic: ``v`` is 1, ``unit``
+  and ``site`` are the topic's, ``kind`` is the topic's last level, ``seq`` a
+  positive integer, ``journal`` 16 hex digits, ``id`` their join. A message
+  that fails is logged, counted (``malformed`` when it cannot be read,
+  ``rejected`` when it claims another unit, site or kind than its topic) and
+  PUBACKed so the broker does not redeliver poison forever, but never stored.
+  Content beyond identity (``ts``, ``data``, …) is stored as sent: the ledger
+  is a record, and refusing a genuine event would stall that unit's
+  acknowledgement forever.
+
+**Contiguous prefix.** Per (unit, journal) the ledger tracks ``prefix``: every
+sequence number up to it is held, or lies at or below the journal's ``base``.
+For a journal never seen before the base is 0 (events start at 1). When the
+unit's retained status names the journal with ``acked_seq`` N above the
+prefix, events up to N were acknowledged before (by this ledger before its
+database was lost or restored, or by another one) and the unit may have pruned
+them: the base becomes N and the sequence numbers up to N that the ledger does
+not hold are reported as *acknowledged before this ledger*, never as missing.
+The ledger's own retained ack, read back at subscribe time and verified with
+its own key, counts the same way. Held sequence numbers above the prefix mean
+a gap: it is logged when it appears and when it closes, and ``xunfang ledger
+gaps`` lists it.
+
+**Acks.** For each unit the ledger publishes, retained at QoS 1 on
+``xunfang/v1/{site}/{unit}/ack``, a signed envelope ``name`` = ``ack``,
+``args`` = ``{"journal": J, "seq": prefix}`` for the unit's *active* journal
+only: the one its latest status names, or, for a unit whose status names
+none, the newest journal its events came from (one ack topic per unit, so an
+ack for a stale journal would hide the live one's). Publications are
+coalesced: at most one per unit every ``ack_interval_s`` (0.15 s), and always
+one within that time after the batch that advanced the prefix is committed.
+An ack is never lower than one already published for that journal. On every
+(re)connect, once the retained messages have had ``settle_s`` to arrive, the
+current acks are published again, which heals a broker that lost its
+retained store.
+
+Acks carry an ``expires_at`` ten years out. That is safe because an ack only
+states a fact that stays true (the ledger never deletes events) and units
+apply acks monotonically: a replayed old ack is ignored as lower than the
+current one, and a unit that comes back after months offline must still
+accept the retained ack it finds. A short expiry would only make such units
+resend everything.
+
+**Database** (one SQLite file, 0600): ``events`` (one row per stored event,
+with the payload as received), ``journals`` (base, prefix, highest, count and
+the last published ack per unit and journal), ``units`` (active journal and
+last status), ``counters`` and ``rejects`` (a bounded quarantine of the last
+rejected or malformed messages: topic, reason, first bytes; never events).
+
+Example::
+
+    key = load_signing_key("/etc/xunfang/ledger-2026.key")
+    with Ledger("/var/lib/xunfang/ledger.db", site="zhuantang", key=key,
+                host="broker.centre", port=8883, tls=TlsFiles(ca, cert, keyfile)) as ledger:
+        ledger.wait_connected(10)
+        ...
+
+CLI::
+
+    xunfang ledger --broker broker.centre:8883 --site zhuantang \\
+        --db /var/lib/xunfang/ledger.db --key /etc/xunfang/ledger-2026.key \\
+        --tls-ca ca.pem --tls-cert ledger.pem --tls-key ledger.key
+    xunfang ledger gaps --db /var/lib/xunfang/ledger.db [--unit zt-pp-03] [--json]
+    xunfang ledger stats --db /var/lib/xunfang/ledger.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import queue
+import re
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from firmware_py import topics
+from firmware_py.clock import Clock, SystemClock, rfc3339_ms
+from firmware_py.exc import SignatureError, XunfangError
+from firmware_py.signing import SigningKey, load_signing_key, verify_envelope
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = [
+    "ACK_INTERVAL_S",
+    "ACK_TTL_S",
+    "COUNTERS",
+    "JournalGaps",
+    "JournalInfo",
+    "JournalState",
+    "Ledger",
+    "LedgerDB",
+    "LedgerDatabaseError",
+    "LedgerError",
+    "Rejected",
+    "TlsFiles",
+    "add_parser",
+    "format_ranges",
+    "parse_event",
+]
+
+log = logging.getLogger("xunfang.ledger")
+
+SCHEMA_VERSION = 1
+#: Least time between two ack publications for one unit.
+ACK_INTERVAL_S = 0.15
+#: Acks are valid for ten years: see the module docstring for why that is safe.
+ACK_TTL_S = 10 * 365 * 24 * 3600
+#: Same limit a unit puts on what it accepts; no genuine event comes close.
+MAX_PAYLOAD_BYTES = 256 * 1024
+#: How long the broker keeps the ledger's session (and queues its events) while it is away.
+SESSION_EXPIRY_S = 7 * 24 * 3600
+#: MQTT 5 Receive Maximum: unacknowledged events the broker may have in flight to us,
+#: which is also the largest batch one fsync covers.
+RECEIVE_MAXIMUM = 200
+#: Time after a SUBACK for the retained statuses and acks to arrive before acks go out again.
+SETTLE_S = 0.5
+MAX_BATCH = 1000
+#: Highest seq accepted: acks are signed, and signed messages hold only integers a
+#: double holds exactly (RFC 8785).
+MAX_SEQ = 2**53 - 1
+REJECTS_KEPT = 1000
+COUNTERS = (
+    "received",  # messages on events topics
+    "stored",  # events stored (first copy)
+    "duplicates",  # further copies of a stored event (resent or redelivered)
+    "conflicts",  # further copies whose content differs from the stored one
+    "malformed",  # unreadable: not JSON, missing or ill-typed identity fields, too large
+    "rejected",  # readable, but claims another unit, site or kind than its topic
+    "statuses",  # status messages read
+    "acks_published",
+    "db_errors",  # failed commits (retried; the batch is not acknowledged meanwhile)
+)
+
+_JOURNAL_RE = re.compile(r"[0-9a-f]{16}")
+_EXCERPT_BYTES = 512
+
+_SCHEMA = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE events (
+    id          TEXT PRIMARY KEY,          -- {unit}:{journal}:{seq}
+    unit        TEXT    NOT NULL,
+    journal     TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    kind        TEXT    NOT NULL,
+    ts          TEXT,                      -- the unit's wall time, as sent
+    received_ms INTEGER NOT NULL,          -- the ledger's clock
+    resent      INTEGER NOT NULL,          -- the stored copy said "resent": true
+    digest      TEXT    NOT NULL,          -- sha256 of the envelope without "resent"
+    envelope    TEXT    NOT NULL           -- the payload as received
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX events_by_seq ON events (unit, journal, seq);
+CREATE TABLE journals (
+    unit          TEXT    NOT NULL,
+    journal       TEXT    NOT NULL,
+    base          INTEGER NOT NULL,        -- 1..base acknowledged before this ledger
+    prefix        INTEGER NOT NULL,        -- 1..prefix held or at most base
+    max_seq       INTEGER NOT NULL,        -- highest seq held (0: none)
+    held          INTEGER NOT NULL,        -- events stored
+    ack_published INTEGER NOT NULL,        -- highest ack published (or read back)
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    PRIMARY KEY (unit, journal)
+) WITHOUT ROWID;
+CREATE TABLE units (
+    unit           TEXT PRIMARY KEY,
+    active_journal TEXT,                   -- the journal acks are published for
+    status_journal TEXT,                   -- the journal the latest status named
+    status         TEXT,                   -- latest status payload
+    status_ms      INTEGER
+) WITHOUT ROWID;
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE rejects (
+    n           INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ms INTEGER NOT NULL,
+    topic       TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    bytes       INTEGER NOT NULL,
+    excerpt     TEXT    NOT NULL
+);
+"""
+
+
+class LedgerError(XunfangError):
+    """The ledger cannot open its database or run as asked."""
+
+
+class LedgerDatabaseError(LedgerError, OSError):
+    """The ledger database cannot be opened, is not a ledger database, or is another site's."""
+
+
+class Rejected(ValueError):
+    """A message that will not be stored. ``counter`` is ``malformed`` or ``rejected``."""
+
+    def __init__(self, reason: str, counter: str = "malformed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.counter = counter
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS connection to the broker (client certificate optional)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+# -- pure parts: envelope checks and prefix tracking ----------------------------------------
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """An event envelope that passed the identity checks, ready to store."""
+
+    id: str
+    unit: str
+    journal: str
+    seq: int
+    kind: str
+    ts: str | None
+    resent: bool
+    digest: str
+    envelope: str
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(payload: bytes) -> Any:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Rejected(f"payload is {len(payload)} bytes, limit {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise Rejected(f"payload is not UTF-8: {err}") from err
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:
+        raise Rejected(f"payload is not JSON: {str(err)[:120]}") from err
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    # "resent" is the one field a faithful resend may add; anything else that
+    # differs means two different events claim one id.
+    body = {k: v for k, v in doc.items() if k != "resent"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse_event(topic: topics.Topic, payload: bytes) -> EventRecord:
+    """Check an ``events/{kind}`` payload against its topic; raise :class:`Rejected` if unfit."""
+    doc = _loads(payload)
+    if not isinstance(doc, dict):
+        raise Rejected(f"payload is a JSON {type(doc).__name__}, not an object")
+    if doc.get("v") != 1 or not _is_int(doc.get("v")):
+        raise Rejected(f"envelope version {doc.get('v')!r} is not 1")
+    unit, site, journal = doc.get("unit"), doc.get("site"), doc.get("journal")
+    seq, kind, ident = doc.get("seq"), doc.get("kind"), doc.get("id")
+    if not isinstance(unit, str) or not topics.NAME_RE.match(unit):
+        raise Rejected(f"unit {unit!r} is not a unit id")
+    if unit != topic.unit:
+        # Brokers key ACLs on the topic's unit level: a payload naming another
+        # unit is a misconfigured or hostile sender, never that unit's event.
+        raise Rejected(f"event claims unit {unit!r} on unit {topic.unit!r}'s topic", "rejected")
+    if site is not None and site != topic.site:
+        raise Rejected(f"event claims site {site!r} on site {topic.site!r}'s topic", "rejected")
+    if not isinstance(kind, str) or kind != topic.name:
+        raise Rejected(f"event kind {kind!r} is not the topic's {topic.name!r}", "rejected")
+    if not isinstance(journal, str) or not _JOURNAL_RE.fullmatch(journal):
+        raise Rejected(f"journal {journal!r} is not 16 lower-case hex digits")
+    if not _is_int(seq) or not 1 <= seq <= MAX_SEQ:
+        raise Rejected(f"seq {seq!r} is not an integer from 1 to 2**53-1")
+    if ident != f"{unit}:{journal}:{seq}":
+        raise Rejected(f"id {ident!r} is not {unit}:{journal}:{seq}")
+    resent = doc.get("resent") is True
+    ts = doc.get("ts")
+    return EventRecord(
+        id=ident,
+        unit=unit,
+        journal=journal,
+        seq=seq,
+        kind=kind,
+        ts=ts if isinstance(ts, str) else None,
+        resent=resent,
+        digest=_digest(doc),
+        envelope=payload.decode("utf-8"),
+    )
+
+
+def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted integers as inclusive runs: ``[1, 2, 3, 7]`` → ``[(1, 3), (7, 7)]``."""
+    out: list[tuple[int, int]] = []
+    for s in seqs:
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        elif not out or s > out[-1][1]:
+            out.append((s, s))
+    return out
+
+
+def complement(held: Iterable[int], first: int, last: int) -> list[tuple[int, int]]:
+    """The runs of ``first..last`` not in the sorted ``held``."""
+    out: list[tuple[int, int]] = []
+    cur = first
+    for s in held:
+        if s < cur:
+            continue
+        if s > last:
+            break
+        if s > cur:
+            out.append((cur, s - 1))
+        cur = s + 1
+    if cur <= last:
+        out.append((cur, last))
+    return out
+
+
+def format_ranges(runs: Iterable[tuple[int, int]], limit: int | None = None) -> str:
+    """``[(4, 4), (6, 9)]`` → ``"4, 6-9"``; with ``limit``, the rest as ``(+N more)``."""
+    runs = list(runs)
+    shown = runs if limit is None else runs[:limit]
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in shown)
+    if len(runs) > len(shown):
+        text += f" (+{len(runs) - len(shown)} more)"
+    return text
+
+
+@dataclass
+class JournalState:
+    """The ledger's view of one unit's journal: base, contiguous prefix, held seqs above it.
+
+    Invariant: every seq in ``1..prefix`` is held or at most ``base``; ``above``
+    holds exactly the held seqs greater than ``prefix``.
+    """
+
+    unit: str
+    journal: str
+    base: int = 0
+    prefix: int = 0
+    max_seq: int = 0
+    held: int = 0
+    ack_published: int = 0
+    first_seen_ms: int = 0
+    last_seen_ms: int = 0
+    above: set[int] = field(default_factory=set)
+    dirty: bool = False
+
+    @property
+    def missing(self) -> int:
+        """How many seqs between the prefix and the highest held are not held."""
+        return max(0, self.max_seq - self.prefix - len(self.above))
+
+    def missing_runs(self) -> list[tuple[int, int]]:
+        return complement(sorted(self.above), self.prefix + 1, self.max_seq)
+
+    def add(self, seq: int) -> None:
+        """Record a newly stored seq (the caller has made sure it was not held)."""
+        self.held += 1
+        self.max_seq = max(self.max_seq, seq)
+        if seq > self.prefix:
+            self.above.add(seq)
+            self._advance()
+        self.dirty = True
+
+    def raise_base(self, n: int) -> list[tuple[int, int]]:
+        """Treat ``1..n`` as acknowledged before; return the runs no longer missing."""
+        if n <= self.prefix:
+            return []
+        newly = complement(sorted(s for s in self.above if s <= n), self.prefix + 1, n)
+        self.base = n
+        self.prefix = n
+        self.above = {s for s in self.above if s > n}
+        self._advance()
+        self.dirty = True
+        return newly
+
+    def _advance(self) -> None:
+        while self.prefix + 1 in self.above:
+            self.prefix += 1
+            self.above.discard(self.prefix)
+
+
+# -- the database ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JournalInfo:
+    """One (unit, journal) as the database holds it."""
+
+    unit: str
+    journal: str
+    active: bool
+    base: int
+    prefix: int
+    max_seq: int
+    held: int
+    ack_published: int
+    first_seen_ms: int
+    last_seen_ms: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "journal": self.journal,
+            "active": self.active,
+            "base": self.base,
+            "prefix": self.prefix,
+            "max_seq": self.max_seq,
+            "held": self.held,
+            "ack_published": self.ack_published,
+            "first_seen": rfc3339_ms(self.first_seen_ms),
+            "last_seen": rfc3339_ms(self.last_seen_ms),
+        }
+
+
+@dataclass(frozen=True)
+class JournalGaps:
+    """What a journal lacks: ``missing`` runs above the prefix, ``acked_before`` up to the base."""
+
+    info: JournalInfo
+    missing: list[tuple[int, int]]
+    acked_before: list[tuple[int, int]]
+
+    @property
+    def missing_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.missing)
+
+    @property
+    def acked_before_count(self) -> int:
+        return sum(b - a + 1 for a, b in self.acked_before)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.info.as_dict(),
+            "missing": [list(r) for r in self.missing],
+            "missing_count": self.missing_count,
+            "acked_before": [list(r) for r in self.acked_before],
+            "acked_before_count": self.acked_before_count,
+        }
+
+
+def _create_owner_only(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+class LedgerDB:
+    """The ledger's SQLite file. Methods are thread-safe (one lock per connection).
+
+    ``readonly`` opens an existing file for queries (the CLI's ``gaps`` and
+    ``stats``, or a second handle next to a running ledger): WAL lets it read
+    while the ledger writes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], site: str | None = None,
+                 readonly: bool = False, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise LedgerDatabaseError(f"no ledger database at {self.path}")
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
+                    isolation_level=None, check_same_thread=False,
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Events are evidence: the file is the centre's alone, like a unit's journal.
+                _create_owner_only(self.path)
+                self._db = sqlite3.connect(
+                    self.path, timeout=busy_timeout_s, isolation_level=None,
+                    check_same_thread=False,
+                )
+        except sqlite3.Error as err:
+            raise LedgerDatabaseError(f"cannot open ledger database {self.path}: {err}") from err
+        try:
+            self._setup(site)
+        except sqlite3.DatabaseError as err:
+            self._db.close()
+            raise LedgerDatabaseError(
+                f"{self.path} is not a usable ledger database: {err}") from err
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _setup(self, site: str | None) -> None:
+        db = self._db
+        if self.readonly:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise LedgerDatabaseError(
+                    f"{self.path} is not a ledger database (schema version {version})")
+            self.site = self.meta("site") or ""
+            return
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise LedgerDatabaseError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+        # FULL: the WAL is fsynced at every commit, so a PUBACK sent after a
+        # commit is never ahead of the disk, even across a power cut.
+        db.execute("PRAGMA synchronous=FULL")
+        with self.transaction() as cur:
+            version = cur.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                has_tables = cur.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+                if has_tables:
+                    raise LedgerDatabaseError(f"{self.path} holds tables but is not a ledger")
+                if site is None:
+                    raise LedgerDatabaseError(f"{self.path} is a new ledger: give its site")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                cur.execute("INSERT INTO meta VALUES ('site', ?)", (site,))
+                cur.execute("INSERT INTO meta VALUES ('created_ms', ?)",
+                            (str(int(time.time() * 1000)),))
+                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                log.info("created ledger database %s for site %s", self.path, site)
+            elif version != SCHEMA_VERSION:
+                raise LedgerDatabaseError(
+                    f"{self.path} has ledger schema version {version}, this build knows "
+                    f"{SCHEMA_VERSION}")
+        stored = self.meta("site") or ""
+        if site is not None and stored != site:
+            raise LedgerDatabaseError(
+                f"{self.path} is the ledger of site {stored!r}, not {site!r}: "
+                "one database per site")
+        self.site = stored
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction; on disk when the block ends, rolled back if it raises."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            try:
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return rows[0][0] if rows else None
+
+    # -- state load and store (used by Ledger's writer thread) ------------------------------
+
+    def load_journals(self) -> dict[tuple[str, str], JournalState]:
+        states: dict[tuple[str, str], JournalState] = {}
+        for row in self._query(
+            "SELECT unit, journal, base, prefix, max_seq, held, ack_published, first_seen_ms,"
+            " last_seen_ms FROM journals"
+        ):
+            st = JournalState(*row)
+            st.above = {s for (s,) in self._query(
+                "SELECT seq FROM events WHERE unit=? AND journal=? AND seq>?",
+                (st.unit, st.journal, st.prefix))}
+            states[(st.unit, st.journal)] = st
+        return states
+
+    def load_units(self) -> dict[str, tuple[str | None, str | None]]:
+        """{unit: (active journal, journal named by the latest status)}."""
+        return {u: (a, s) for u, a, s in self._query(
+            "SELECT unit, active_journal, status_journal FROM units")}
+
+    @staticmethod
+    def save_journal(cur: sqlite3.Cursor, st: JournalState) -> None:
+        cur.execute(
+            "INSERT INTO journals VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(unit, journal) DO UPDATE"
+            " SET base=excluded.base, prefix=excluded.prefix, max_seq=excluded.max_seq,"
+            " held=excluded.held, ack_published=max(ack_published, excluded.ack_published),"
+            " last_seen_ms=excluded.last_seen_ms",
+            (st.unit, st.journal, st.base, st.prefix, st.max_seq, st.held, st.ack_published,
+             st.first_seen_ms, st.last_seen_ms),
+        )
+
+    @staticmethod
+    def add_counters(cur: sqlite3.Cursor, deltas: dict[str, int]) -> None:
+        for name, delta in deltas.items():
+            if delta:
+                cur.execute(
+                    "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
+                    " SET value = value + excluded.value", (name, delta))
+
+    @staticmethod
+    def add_reject(cur: sqlite3.Cursor, now_ms: int, topic: str, reason: str,
+                   payload: bytes) -> None:
+        excerpt = payload[:_EXCERPT_BYTES].decode("utf-8", "replace")
+        cur.execute(
+            "INSERT INTO rejects (received_ms, topic, reason, bytes, excerpt) VALUES (?,?,?,?,?)",
+            (now_ms, topic, reason[:500], len(payload), excerpt))
+        cur.execute("DELETE FROM rejects WHERE n <= (SELECT max(n) FROM rejects) - ?",
+                    (REJECTS_KEPT,))
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        values = dict.fromkeys(COUNTERS, 0)
+        values.update(dict(self._query("SELECT name, value FROM counters")))
+        return values
+
+    def journals(self, unit: str | None = None) -> list[JournalInfo]:
+        sql = ("SELECT j.unit, j.journal, coalesce(u.active_journal = j.journal, 0), j.base,"
+               " j.prefix, j.max_seq, j.held, j.ack_published, j.first_seen_ms, j.last_seen_ms"
+               " FROM journals j LEFT JOIN units u ON u.unit = j.unit")
+        params: list[Any] = []
+        if unit is not None:
+            sql += " WHERE j.unit = ?"
+            params.append(unit)
+        sql += " ORDER BY j.unit, j.first_seen_ms, j.journal"
+        return [JournalInfo(r[0], r[1], bool(r[2]), *r[3:]) for r in self._query(sql, params)]
+
+    def journal(self, unit: str, journal: str) -> JournalInfo | None:
+        for info in self.journals(unit):
+            if info.journal == journal:
+                return info
+        return None
+
+    def seqs(self, unit: str, journal: str, above: int = 0,
+             up_to: int | None = None) -> list[int]:
+        """Held seqs of one journal, ascending, optionally bounded."""
+        sql = "SELECT seq FROM events WHERE unit=? AND journal=? AND seq>?"
+        params: list[Any] = [unit, journal, above]
+        if up_to is not None:
+            sql += " AND seq<=?"
+            params.append(up_to)
+        return [s for (s,) in self._query(sql + " ORDER BY seq", params)]
+
+    def gaps(self, unit: str | None = None) -> list[JournalGaps]:
+        """Every journal (of ``unit``) with its missing and acknowledged-before runs."""
+        out = []
+        for info in self.journals(unit):
+            missing = complement(self.seqs(info.unit, info.journal, above=info.prefix),
+                                 info.prefix + 1, info.max_seq)
+            before = (complement(self.seqs(info.unit, info.journal, up_to=info.base), 1, info.base)
+                      if info.base else [])
+            out.append(JournalGaps(info, missing, before))
+        return out
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """The stored envelope of one event, or None."""
+        rows = self._query("SELECT envelope FROM events WHERE id=?", (event_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def count(self, unit: str | None = None, journal: str | None = None) -> int:
+        sql, params = "SELECT count(*) FROM events", []
+        if unit is not None:
+            sql += " WHERE unit=?"
+            params.append(unit)
+            if journal is not None:
+                sql += " AND journal=?"
+                params.append(journal)
+        return int(self._query(sql, params)[0][0])
+
+    def rejects(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._query("SELECT received_ms, topic, reason, bytes, excerpt FROM rejects"
+                           " ORDER BY n DESC LIMIT ?", (limit,))
+        return [{"received": rfc3339_ms(r[0]), "topic": r[1], "reason": r[2], "bytes": r[3],
+                 "excerpt": r[4]} for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        gaps = self.gaps()
+        with self._lock:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return {
+            "path": str(self.path),
+            "site": self.site,
+            "events": self.count(),
+            "units": len({g.info.unit for g in gaps}),
+            "journals": len(gaps),
+            "journals_with_gaps": sum(1 for g in gaps if g.missing),
+            "missing": sum(g.missing_count for g in gaps),
+            "acked_before": sum(g.acked_before_count for g in gaps),
+            "counters": self.counters(),
+            "bytes": int(pages * size),
+            "per_journal": [
+                {k: v for k, v in g.as_dict().items() if k not in ("missing", "acked_before")}
+                for g in gaps
+            ],
+        }
+
+
+# -- the running ledger -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Inbound:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    gen: int
+
+
+@dataclass(frozen=True)
+class _Subscribed:
+    gen: int
+
+
+class _UnitState:
+    __slots__ = ("active", "status_journal")
+
+    def __init__(self, active: str | None = None, status_journal: str | None = None) -> None:
+        self.active = active
+        self.status_journal = status_journal
+
+
+class _Throttle:
+    """Let ``burst`` warnings through per ``window_s``, then count the rest: a unit
+    spraying garbage must not drown the log or the disk."""
+
+    def __init__(self, burst: int = 20, window_s: float = 10.0) -> None:
+        self.burst, self.window_s = burst, window_s
+        self._start, self._n, self._dropped = 0.0, 0, 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._start > self.window_s:
+            if self._dropped:
+                log.warning("%d more bad messages were not logged", self._dropped)
+            self._start, self._n, self._dropped = now, 0, 0
+        self._n += 1
+        if self._n <= self.burst:
+            return True
+        self._dropped += 1
+        return False
+
+
+class Ledger:
+    """The ledger of one site: subscribe, store, acknowledge. See the module docstring.
+
+    ``start()`` opens the database and runs the MQTT loop (paho's thread) and a
+    writer thread; ``stop()`` acknowledges what is stored, publishes the last
+    acks and disconnects (the session stays, so the broker queues events while
+    the ledger is away). Query helpers read the database through their own
+    connection and may be called from any thread.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        site: str,
+        key: SigningKey,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        protocol: str = "5",
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+        keepalive: int = 30,
+        ack_interval_s: float = ACK_INTERVAL_S,
+        settle_s: float = SETTLE_S,
+        session_expiry_s: int = SESSION_EXPIRY_S,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+        clock: Clock | None = None,
+    ) -> None:
+        if not topics.NAME_RE.match(site):
+            raise ValueError(f"site {site!r} must match {topics.NAME_RE.pattern}")
+        if protocol not in ("5", "3.1.1"):
+            raise ValueError(f"MQTT protocol {protocol!r}: use '5' or '3.1.1'")
+        self.db_path = Path(db_path)
+        self.site = site
+        self.key = key
+        self.host, self.port = host, port
+        self.protocol = protocol
+        self.client_id = client_id or f"xunfang_ledger_{site}"
+        self.ack_interval_s = ack_interval_s
+        self.settle_s = settle_s
+        self.clock: Clock = clock or SystemClock()
+        self._username, self._password, self._tls = username, password, tls
+        self._keepalive = keepalive
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._own_keys = {key.name: key.public_key()}
+
+        self._queue: queue.SimpleQueue[_Inbound | _Subscribed | None] = queue.SimpleQueue()
+        self._gen = 0  # connection generation: a PUBACK belongs to the connection it came on
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._db: LedgerDB | None = None
+        self._reader: LedgerDB | None = None
+        self._started = False
+        self._closed = False
+
+        # Writer-thread state.
+        self._journals: dict[tuple[str, str], JournalState] = {}
+        self._units: dict[str, _UnitState] = {}
+        self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._due: dict[str, tuple[float, bool]] = {}  # unit -> (when, force)
+        self._last_pub: dict[str, float] = {}
+        self._settle_until: float | None = None
+        self._last_flush = 0.0
+        self._acks_unsaved = 0  # acks published since the counter was last written
+        self._db_errors_unsaved = 0  # failed commits, written with the next good one
+        self._throttle = _Throttle()
+        self._published: dict[str, tuple[str, int]] = {}  # unit -> (journal, seq), last sent
+        self._pub_lock = threading.Lock()
+        self._pub_done = threading.Condition(self._pub_lock)
+        self._unconfirmed: set[int] = set()  # mids of ack publishes without PUBACK
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Ledger:
+        """Open the database, load its state and connect (retrying in the background)."""
+        if self._started:
+            raise LedgerError(f"ledger of site {self.site} already started")
+        self._started = True
+        self._db = LedgerDB(self.db_path, site=self.site)
+        self._reader = LedgerDB(self.db_path, readonly=True)
+        self._load_state()
+        try:
+            self._client = self._make_client()
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            self.stop()
+            raise LedgerError(f"cannot set up the MQTT client for {self.host}:{self.port}: "
+                              f"{err}") from err
+        self._writer = threading.Thread(target=self._run_writer, name=f"ledger-{self.site}",
+                                        daemon=True)
+        self._writer.start()
+        self._connect()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish the batch in hand, publish the last acks, disconnect. Safe twice."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        self._closed = True
+        self._stopping.set()
+        self._queue.put(None)
+        if self._writer is not None:
+            self._writer.join(timeout)
+            if self._writer.is_alive():
+                log.error("ledger writer did not stop within %.1f s", timeout)
+        client = self._client
+        if client is not None:
+            self._wait_unconfirmed(min(timeout, 2.0))
+            client.disconnect()
+            client.loop_stop()
+        for db in (self._db, self._reader):
+            if db is not None:
+                db.close()
+        log.info("ledger of site %s stopped", self.site)
+
+    def __enter__(self) -> Ledger:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = ("stopped" if self._closed else
+                 "connected" if self._connected.is_set() else
+                 "connecting" if self._started else "new")
+        return f"<Ledger site={self.site} {self.host}:{self.port} {state}>"
+
+    # -- queries (any thread) ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker and subscribed (SUBACK received)."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until :attr:`connected`; False at the deadline."""
+        return self._connected.wait(timeout)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds, re-checked after each commit and ack.
+
+        False at the deadline.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                if predicate():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.1))
+
+    @property
+    def db(self) -> LedgerDB:
+        """A read handle on the database (queries only)."""
+        if self._reader is None:
+            raise LedgerError("ledger not started")
+        return self._reader
+
+    def count(self, unit: str | None = None, journal: str | None = None) -> int:
+        """Events stored (of ``unit``, of its ``journal``)."""
+        return self.db.count(unit, journal)
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """The stored envelope of ``{unit}:{journal}:{seq}``, as first received; or None."""
+        return self.db.event(event_id)
+
+    def prefix(self, unit: str, journal: str) -> int:
+        """The contiguous prefix committed for one journal (what its ack says, or will)."""
+        info = self.db.journal(unit, journal)
+        return info.prefix if info else 0
+
+    def gaps(self, unit: str | None = None) -> list[JournalGaps]:
+        """Every journal with its missing and acknowledged-before runs."""
+        return self.db.gaps(unit)
+
+    def counters(self) -> dict[str, int]:
+        """The :data:`COUNTERS` as committed (``acks_published`` lags by up to a second)."""
+        return self.db.counters()
+
+    def stats(self) -> dict[str, Any]:
+        """What ``xunfang ledger stats`` prints."""
+        return self.db.stats()
+
+    def last_ack(self, unit: str) -> tuple[str, int] | None:
+        """The (journal, seq) of the last ack this process published for ``unit``."""
+        with self._pub_lock:
+            return self._published.get(unit)
+
+    # -- MQTT (paho's thread) ---------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        if self.protocol == "5":
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 protocol=mqtt.MQTTv5, manual_ack=True)
+        else:
+            client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        if self._tls is not None:
+            client.tls_set(ca_certs=self._tls.ca, certfile=self._tls.cert,
+                           keyfile=self._tls.key)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Acks queue in memory while the broker is away; one per unit suffices,
+        # but a burst of reconnects must not grow without bound either.
+        client.max_queued_messages_set(10_000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _connect(self) -> None:
+        assert self._client is not None
+        if self.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry_s
+            props.ReceiveMaximum = self._receive_maximum
+            self._client.connect_async(self.host, self.port, self._keepalive,
+                                       clean_start=False, properties=props)
+        else:
+            self._client.connect_async(self.host, self.port, self._keepalive)
+        # loop_start runs loop_forever(retry_first_connection=True): a broker
+        # that is down at start-up is retried with the same backoff as later.
+        self._client.loop_start()
+
+    def _filters(self) -> list[str]:
+        root = f"{topics.PREFIX}/{self.site}/+"
+        return [f"{root}/events/+", f"{root}/status", f"{root}/ack"]
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any,
+                    reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker %s:%s refused the ledger (%s): retrying", self.host, self.port,
+                      reason)
+            return
+        self._gen += 1
+        log.info("connected to %s:%s as %s (MQTT %s, session %s)", self.host, self.port,
+                 self.client_id, self.protocol,
+                 "resumed" if flags.session_present else "new")
+        if self.protocol == "5":
+            subs: list[Any] = [(f, SubscribeOptions(qos=1)) for f in self._filters()]
+        else:
+            subs = [(f, 1) for f in self._filters()]
+        # Every time, even with a session present: the broker then sends the
+        # retained statuses and acks again, which is how base and ack floor are learnt.
+        client.subscribe(subs)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      reasons: list[Any], _props: Any) -> None:
+        bad = [r for r in reasons if r.is_failure]
+        if bad:
+            log.error("broker refused subscriptions %s (%s): check the broker ACL for %s",
+                      self._filters(), ", ".join(str(r) for r in bad), self.client_id)
+        self._queue.put(_Subscribed(self._gen))
+        # "Connected" means subscribed: only from here on does the broker keep
+        # (or, in a resumed session, go on keeping) the site's events for us.
+        self._connected.set()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
+                       reason: Any, _props: Any) -> None:
+        self._connected.clear()
+        if not self._stopping.is_set():
+            log.warning("lost the broker %s:%s (%s): reconnecting", self.host, self.port, reason)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any,
+                    msg: mqtt.MQTTMessage) -> None:
+        # Only hand over: storing happens in the writer thread, so paho's
+        # thread keeps reading (and answering pings) during an fsync.
+        self._queue.put(_Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
+                                 bool(msg.retain), self._gen))
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int,
+                    _reason: Any, _props: Any) -> None:
+        with self._pub_done:
+            self._unconfirmed.discard(mid)
+            self._pub_done.notify_all()
+
+    def _wait_unconfirmed(self, timeout: float) -> None:
+        """Give the last acks time to reach the broker before disconnecting."""
+        if not self._connected.is_set():
+            return  # lost with this process; the next start publishes every ack again
+        with self._pub_done:
+            self._pub_done.wait_for(lambda: not self._unconfirmed, timeout)
+
+    # -- writer thread --------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        assert self._db is not None
+        self._journals = self._db.load_journals()
+        self._units = {u: _UnitState(a, s) for u, (a, s) in self._db.load_units().items()}
+        self._counters = self._db.counters()
+
+    def _run_writer(self) -> None:
+        while True:
+            try:
+                if self._writer_step():
+                    return
+            except Exception:  # never let one bad turn end the ledger
+                log.exception("ledger writer: unexpected error; going on")
+                if self._stopping.wait(0.5):
+                    return
+
+    def _writer_step(self) -> bool:
+        """Take what is queued (up to MAX_BATCH), store it, publish due acks. True: stopped."""
+        first = self._next_item()
+        items = [] if first is None else [first]
+        while len(items) < MAX_BATCH:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        batch: list[_Inbound] = []
+        for item in items:
+            if isinstance(item, _Subscribed):
+                if item.gen == self._gen:
+                    self._settle_until = time.monotonic() + self.settle_s
+            elif isinstance(item, _Inbound):
+                batch.append(item)
+        if batch:
+            self._store_batch(batch)
+        # Leave once stopping and nothing that arrived before is left; what
+        # comes later is not PUBACKed, so the broker redelivers it next time.
+        stopping = self._stopping.is_set() and self._queue.empty()
+        self._after_settle()
+        self._publish_due(force_all=stopping)
+        self._flush_dirty(force=stopping)
+        return stopping
+
+    def _next_item(self) -> _Inbound | _Subscribed | None:
+        wake = [when for when, _ in self._due.values()]
+        if self._settle_until is not None:
+            wake.append(self._settle_until)
+        timeout = min(wake) - time.monotonic() if wake else 1.0
+        try:
+            return self._queue.get(timeout=min(max(timeout, 0.0), 1.0))
+        except queue.Empty:
+            return None
+
+    def _store_batch(self, batch: list[_Inbound]) -> None:
+        """Store a batch in one transaction, then PUBACK it. Retries until the disk takes it."""
+        delay = 0.1
+        while True:
+            try:
+                touched = self._apply(batch)
+                break
+            except sqlite3.Error as err:
+                # Memory may be ahead of the rolled-back disk: reload, then retry.
+                # The batch stays un-PUBACKed, so the broker holds it meanwhile.
+                self._db_errors_unsaved += 1
+                log.error("ledger database %s: cannot store %d message(s): %s; retrying in "
+                          "%.1f s", self.db_path, len(batch), err, delay)
+                with contextlib.suppress(sqlite3.Error):
+                    self._load_state()
+                if self._stopping.wait(delay):
+                    return
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                # A bug met by some input: find the message by storing one at a
+                # time, and drop only that one (acked, counted, logged).
+                with contextlib.suppress(sqlite3.Error):
+                    self._load_state()
+                if len(batch) > 1:
+                    for msg in batch:
+                        self._store_batch([msg])
+                    return
+                log.exception("ledger: cannot handle message on %s; dropped", batch[0].topic)
+                self._counters["malformed"] += 1
+                touched = set()
+                break
+        client = self._client
+        assert client is not None
+        for msg in batch:
+            # A message from an earlier connection is not acked on this one:
+            # the broker redelivers it, and the dedupe makes that harmless.
+            if msg.qos > 0 and msg.gen == self._gen:
+                client.ack(msg.mid, msg.qos)
+        for unit in touched:
+            self._want_ack(unit)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _apply(self, batch: list[_Inbound]) -> set[str]:
+        """Everything one batch changes, in one transaction; returns units whose ack may move."""
+        assert self._db is not None
+        now_ms = self.clock.wall_ms()
+        deltas = dict.fromkeys(COUNTERS, 0)
+        deltas["db_errors"] = self._db_errors_unsaved
+        events: list[tuple[_Inbound, EventRecord]] = []
+        others: list[tuple[_Inbound, topics.Topic]] = []
+        bad: list[tuple[_Inbound, str]] = []
+        for msg in batch:
+            parsed = topics.parse(msg.topic)
+            if parsed is None or parsed.site != self.site or parsed.unit == topics.ALL_UNITS:
+                bad.append((msg, f"not a unit's topic of site {self.site}"))
+                deltas["malformed"] += 1
+                continue
+            if parsed.channel != "events":
+                others.append((msg, parsed))
+                continue
+            deltas["received"] += 1
+            try:
+                events.append((msg, parse_event(parsed, msg.payload)))
+            except Rejected as err:
+                deltas[err.counter] += 1
+                bad.append((msg, err.reason))
+            except Exception as err:  # bad input never stops the ledger
+                deltas["malformed"] += 1
+                bad.append((msg, f"unreadable: {err!r}"))
+                log.exception("ledger: unexpected error reading %s", msg.topic)
+        # Statuses and acks first (they set bases), then events in seq order, so
+        # events reordered within one batch do not log a gap that closes at once.
+        events.sort(key=lambda pair: (pair[1].unit, pair[1].journal, pair[1].seq))
+        before = {k: (st.prefix, st.max_seq, st.missing) for k, st in self._journals.items()}
+        touched: set[str] = set()
+        new_journals: set[tuple[str, str]] = set()
+        with self._db.transaction() as cur:
+            for msg, parsed in others:
+                try:
+                    if parsed.channel == "status":
+                        deltas["statuses"] += 1
+                        self._apply_status(cur, parsed, msg, now_ms, touched, new_journals)
+                    elif parsed.channel == "ack":
+                        self._apply_own_ack(cur, parsed, msg, now_ms, touched, new_journals)
+                except Rejected as err:
+                    deltas[err.counter] += 1
+                    bad.append((msg, err.reason))
+                except sqlite3.Error:
+                    raise
+                except Exception as err:  # bad input never stops the ledger
+                    deltas["malformed"] += 1
+                    bad.append((msg, f"unreadable: {err!r}"))
+            for msg, rec in events:
+                key = (rec.unit, rec.journal)
+                st = self._journals.get(key)
+                if st is None:
+                    st = self._new_journal(rec.unit, rec.journal, now_ms, new_journals)
+                cur.execute(
+                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (rec.id, rec.unit, rec.journal, rec.seq, rec.kind, rec.ts, now_ms,
+                     int(rec.resent), rec.digest, rec.envelope))
+                st.last_seen_ms = now_ms
+                st.dirty = True
+                if cur.rowcount == 1:
+                    deltas["stored"] += 1
+                    st.add(rec.seq)
+                else:
+                    deltas["duplicates"] += 1
+                    stored = cur.execute("SELECT digest FROM events WHERE id=?",
+                                         (rec.id,)).fetchone()
+                    if stored and stored[0] != rec.digest:
+                        deltas["conflicts"] += 1
+                        bad.append((msg, f"event {rec.id} differs from the stored copy "
+                                         "(kept the first)"))
+                self._note_event_journal(cur, rec.unit, rec.journal, key in new_journals)
+                touched.add(rec.unit)
+            for msg, reason in bad:
+                self._db.add_reject(cur, now_ms, msg.topic, reason, msg.payload)
+            for st in self._journals.values():
+                if st.dirty:
+                    LedgerDB.save_journal(cur, st)
+            self._db.add_counters(cur, deltas)
+        # Committed: now it is safe to say so, in the log and with PUBACKs.
+        self._db_errors_unsaved = 0
+        for name, delta in deltas.items():
+            self._counters[name] += delta
+        for st in self._journals.values():
+            st.dirty = False
+        for msg, reason in bad:
+            if self._throttle.allow():
+                log.warning("dropped message on %s: %s", msg.topic, reason)
+        self._log_gaps(before, {(rec.unit, rec.journal) for _, rec in events})
+        return touched
+
+    def _new_journal(self, unit: str, journal: str, now_ms: int,
+                     new_journals: set[tuple[str, str]]) -> JournalState:
+        st = JournalState(unit, journal, first_seen_ms=now_ms, last_seen_ms=now_ms, dirty=True)
+        self._journals[(unit, journal)] = st
+        new_journals.add((unit, journal))
+        log.info("unit %s: new journal %s", unit, journal)
+        return st
+
+    def _unit(self, unit: str) -> _UnitState:
+        state = self._units.get(unit)
+        if state is None:
+            state = self._units[unit] = _UnitState()
+        return state
+
+    def _save_unit(self, cur: sqlite3.Cursor, unit: str, status: str | None = None,
+                   status_ms: int | None = None) -> None:
+        state = self._unit(unit)
+        cur.execute(
+            "INSERT INTO units VALUES (?,?,?,?,?) ON CONFLICT(unit) DO UPDATE SET"
+            " active_journal=excluded.active_journal, status_journal=excluded.status_journal,"
+            " status=coalesce(excluded.status, status),"
+            " status_ms=coalesce(excluded.status_ms, status_ms)",
+            (unit, state.active, state.status_journal, status, status_ms))
+
+    def _note_event_journal(self, cur: sqlite3.Cursor, unit: str, journal: str,
+                            is_new: bool) -> None:
+        # A unit whose status names its journal is told apart by the status
+        # alone: a straggler from an old journal, or one the ledger never saw
+        # (its database lost), must not take the ack topic from the live one.
+        # Without such a status, a journal first seen now is a rebuilt one.
+        state = self._unit(unit)
+        if state.status_journal is not None or state.active == journal:
+            return
+        if state.active is None or is_new:
+            if state.active is not None:
+                log.info("unit %s: acks now for journal %s (was %s)", unit, journal,
+                         state.active)
+            state.active = journal
+            self._save_unit(cur, unit)
+
+    def _apply_status(self, cur: sqlite3.Cursor, parsed: topics.Topic, msg: _Inbound,
+                      now_ms: int, touched: set[str],
+                      new_journals: set[tuple[str, str]]) -> None:
+        if not msg.payload:
+            return  # a cleared retained status
+        doc = _loads(msg.payload)
+        if not isinstance(doc, dict):
+            raise Rejected(f"status is a JSON {type(doc).__name__}, not an object")
+        unit = parsed.unit
+        if doc.get("unit", unit) != unit or doc.get("site", parsed.site) != parsed.site:
+            raise Rejected(f"status claims unit {doc.get('unit')!r} of site "
+                           f"{doc.get('site')!r} on {msg.topic}", "rejected")
+        journal, acked = doc.get("journal"), doc.get("acked_seq")
+        state = self._unit(unit)
+        problem = None
+        if journal is not None:
+            if not isinstance(journal, str) or not _JOURNAL_RE.fullmatch(journal):
+                problem = f"status journal {journal!r} is not 16 lower-case hex digits"
+            else:
+                if state.active != journal:
+                    log.info("unit %s: status names journal %s (acks were for %s)", unit,
+                             journal, state.active)
+                state.status_journal = state.active = journal
+                key = (unit, journal)
+                st = self._journals.get(key) or self._new_journal(unit, journal, now_ms,
+                                                                  new_journals)
+                st.last_seen_ms = now_ms
+                st.dirty = True
+                if acked is not None:
+                    if not _is_int(acked) or not 0 <= acked <= MAX_SEQ:
+                        problem = f"status acked_seq {acked!r} is not a whole number"
+                    else:
+                        self._raise_base(st, acked, "the unit's status")
+                touched.add(unit)
+        self._save_unit(cur, unit, msg.payload.decode("utf-8"), now_ms)
+        if problem:
+            # The rest of the status was used; count and log the bad part.
+            raise Rejected(problem)
+
+    def _apply_own_ack(self, cur: sqlite3.Cursor, parsed: topics.Topic, msg: _Inbound,
+                       now_ms: int, touched: set[str],
+                       new_journals: set[tuple[str, str]]) -> None:
+        # Only the retained copy matters: it is what an earlier life of this
+        # ledger published. Live copies are our own echoes.
+        if not msg.retain or not msg.payload:
+            return
+        try:
+            doc = _loads(msg.payload)
+            verify_envelope(doc, self._own_keys)
+        except (Rejected, SignatureError) as err:
+            # Another key (rotated, or another ledger): not evidence for us.
+            log.debug("retained ack on %s is not this ledger's: %s", msg.topic, err)
+            return
+        args, target = doc.get("args"), doc.get("target")
+        if (doc.get("name") != "ack" or not isinstance(args, dict)
+                or not isinstance(target, dict) or target.get("site") != self.site
+                or target.get("units") != [parsed.unit]):
+            log.info("retained ack on %s does not address %s", msg.topic, parsed.unit)
+            return
+        journal, seq = args.get("journal"), args.get("seq")
+        if (not isinstance(journal, str) or not _JOURNAL_RE.fullmatch(journal)
+                or not _is_int(seq) or seq < 0):
+            return
+        unit = parsed.unit
+        st = self._journals.get((unit, journal)) or self._new_journal(unit, journal, now_ms,
+                                                                      new_journals)
+        if seq > st.ack_published:
+            st.ack_published = seq
+            st.dirty = True
+        self._raise_base(st, seq, "this ledger's own retained ack")
+        state = self._unit(unit)
+        if state.active is None:
+            # A database that knows nothing of this unit: its last ack is the best guess.
+            state.active = journal
+            self._save_unit(cur, unit)
+        touched.add(unit)
+
+    def _raise_base(self, st: JournalState, n: int, source: str) -> None:
+        had_missing = st.missing
+        own_prefix = st.prefix if st.prefix > st.base else 0
+        newly = st.raise_base(n)
+        if not newly:
+            return
+        if own_prefix:
+            # This ledger had stored (and acked) a run of the journal itself, yet
+            # more was acked: worth a look.
+            log.warning("unit %s journal %s: seq %s acknowledged before this ledger (per %s), "
+                        "beyond the %d it had stored in a row: was this database restored, "
+                        "or does another ledger ack this site?", st.unit, st.journal,
+                        format_ranges(newly, 10), source, own_prefix)
+        else:
+            log.info("unit %s journal %s: seq %s acknowledged before this ledger (per %s); "
+                     "recorded as such, not as missing", st.unit, st.journal,
+                     format_ranges(newly, 10), source)
+        if had_missing and not st.missing:
+            log.info("unit %s journal %s: gap closed, every event up to %d held or acked "
+                     "before", st.unit, st.journal, st.prefix)
+
+    def _log_gaps(self, before: dict[tuple[str, str], tuple[int, int, int]],
+                  keys: set[tuple[str, str]]) -> None:
+        for key in keys:
+            st = self._journals[key]
+            prefix0, max0, missing0 = before.get(key, (0, 0, 0))
+            if st.missing and st.max_seq > max0:
+                # Only the stretch above the old highest can hold new holes; sorting
+                # just that part keeps a long-lived gap cheap.
+                start = max(st.prefix, max0) + 1
+                fresh = complement(sorted(s for s in st.above if s >= start), start,
+                                   st.max_seq)
+                if fresh:
+                    log.warning("unit %s journal %s: gap, seq %s missing (holding the ack "
+                                "at %d)", st.unit, st.journal, format_ranges(fresh, 10),
+                                st.prefix)
+            if missing0 and not st.missing:
+                log.info("unit %s journal %s: gap closed, every event up to %d held",
+                         st.unit, st.journal, st.prefix)
+            elif missing0 and st.prefix > prefix0:
+                log.info("unit %s journal %s: gap narrowed, still missing %s", st.unit,
+                         st.journal, format_ranges(st.missing_runs(), 10))
+
+    # -- acks -----------------------------------------------------------------------------
+
+    def _want_ack(self, unit: str, force: bool = False) -> None:
+        earliest = self._last_pub.get(unit, -math.inf) + self.ack_interval_s
+        when = max(time.monotonic(), earliest)
+        prev = self._due.get(unit)
+        if prev is not None:
+            when, force = min(when, prev[0]), force or prev[1]
+        self._due[unit] = (when, force)
+
+    def _after_settle(self) -> None:
+        if self._settle_until is None or time.monotonic() < self._settle_until:
+            return
+        self._settle_until = None
+        # The retained statuses and acks have had time to arrive: state the
+        # current ack of every unit again (the broker may have lost them).
+        for unit, state in self._units.items():
+            if state.active is not None:
+                self._want_ack(unit, force=True)
+
+    def _publish_due(self, force_all: bool = False) -> None:
+        now = time.monotonic()
+        for unit, (when, force) in list(self._due.items()):
+            if when <= now or force_all:
+                del self._due[unit]
+                self._publish_ack(unit, force)
+
+    def _publish_ack(self, unit: str, force: bool) -> None:
+        state = self._units.get(unit)
+        if state is None or state.active is None or self._client is None:
+            return
+        st = self._journals.get((unit, state.active))
+        if st is None or st.prefix <= 0:
+            return
+        seq = st.prefix
+        # Never lower than published before for this journal; the same ack again
+        # only when asked to re-state it (after a (re)connect).
+        if seq < st.ack_published:
+            return
+        with self._pub_lock:
+            if not force and self._published.get(unit) == (st.journal, seq):
+                return
+        envelope = self.key.sign_envelope(
+            "ack", {"journal": st.journal, "seq": seq}, site=self.site, units=[unit],
+            ttl_s=ACK_TTL_S, clock=self.clock)
+        payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+        info = self._client.publish(topics.ack(self.site, unit), payload, qos=1, retain=True)
+        with self._pub_lock:
+            self._unconfirmed.add(info.mid)
+            self._published[unit] = (st.journal, seq)
+        self._last_pub[unit] = time.monotonic()
+        if seq > st.ack_published:
+            st.ack_published = seq
+            st.dirty = True
+        self._counters["acks_published"] += 1
+        self._acks_unsaved += 1
+        log.debug("ack %s journal %s seq %d", unit, st.journal, seq)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _flush_dirty(self, force: bool = False) -> None:
+        """Write published-ack marks and counters not yet in the database.
+
+        They need no fsync before the ack goes out (the prefix the ack states
+        is already on disk, and on restart every ack is re-published from it),
+        so they ride along at most once a second.
+        """
+        unsaved = self._acks_unsaved
+        dirty = [st for st in self._journals.values() if st.dirty]
+        if not dirty and not unsaved:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_flush < 1.0:
+            return
+        self._last_flush = now
+        assert self._db is not None
+        try:
+            with self._db.transaction() as cur:
+                for st in dirty:
+                    LedgerDB.save_journal(cur, st)
+                LedgerDB.add_counters(cur, {"acks_published": unsaved})
+        except sqlite3.Error as err:
+            log.error("ledger database %s: cannot save ack marks: %s", self.db_path, err)
+            return
+        self._acks_unsaved = 0
+        for st in dirty:
+            st.dirty = False
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def _broker(text: str) -> tuple[str, int | None]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT, e.g. broker.centre:8883")
+    return host, int(port)
+
+
+def _site(text: str) -> str:
+    if not topics.NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(f"site {text!r} must match {topics.NAME_RE.pattern}")
+    return text
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"xunfang ledger: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``xunfang ledger --broker … --site … --db … --key …``: run until SIGTERM/SIGINT."""
+    missing = [f"--{n}" for n in ("broker", "site", "db", "key") if not getattr(args, n)]
+    if missing:
+        return _fail(f"missing {', '.join(missing)} (or give a command: gaps, stats)", 2)
+    host, port = args.broker
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            return _fail("give --tls-cert and --tls-key together", 2)
+        tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    password = None
+    if args.password_file:
+        if not args.username:
+            return _fail("--password-file needs --username", 2)
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as err:
+            return _fail(f"cannot read {args.password_file}: {err.strerror or err}", 2)
+    try:
+        key = load_signing_key(args.key)
+    except SignatureError as err:
+        return _fail(str(err), 2)
+    except OSError as err:
+        return _fail(f"cannot read key {args.key}: {err.strerror or err}", 2)
+    ledger = Ledger(
+        args.db, args.site, key, host, port if port is not None else (8883 if tls else 1883),
+        protocol=args.protocol, client_id=args.client_id, username=args.username,
+        password=password, tls=tls)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ledger.start()
+    except LedgerError as err:
+        return _fail(str(err))
+    log.info("ledger of site %s: database %s, broker %s:%s, signing as %s", args.site, args.db,
+             ledger.host, ledger.port, key.name)
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        ledger.stop()
+    return 0
+
+
+def _open_readonly(path: str) -> LedgerDB | int:
+    try:
+        return LedgerDB(path, readonly=True)
+    except LedgerError as err:
+        return _fail(str(err))
+    except sqlite3.Error as err:
+        return _fail(f"cannot read {path}: {err}")
+
+
+def cmd_gaps(args: argparse.Namespace) -> int:
+    """``ledger gaps``: per unit and journal, the missing runs and those acked before."""
+    db = _open_readonly(args.db)
+    if isinstance(db, int):
+        return db
+    try:
+        gaps = db.gaps(args.unit)
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps([g.as_dict() for g in gaps], indent=2))
+        return 0
+    if not gaps:
+        print(f"no journals{' of unit ' + args.unit if args.unit else ''} in {args.db}")
+        return 0
+    rows = [("UNIT", "JOURNAL", "ACTIVE", "ACKED", "HIGHEST", "HELD", "MISSING",
+             "ACKED BEFORE LEDGER")]
+    for g in gaps:
+        i = g.info
+        rows.append((i.unit, i.journal, "yes" if i.active else "no", str(i.prefix),
+                     str(i.max_seq), str(i.held),
+                     format_ranges(g.missing, 20) or "-",
+                     format_ranges(g.acked_before, 5) or "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    with_gaps = [g for g in gaps if g.missing]
+    print(f"{len(gaps)} journal(s), {len(with_gaps)} with gaps, "
+          f"{sum(g.missing_count for g in gaps)} event(s) missing")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """``ledger stats``: counts, counters and per-journal state as JSON."""
+    db = _open_readonly(args.db)
+    if isinstance(db, int):
+        return db
+    try:
+        stats = db.stats()
+    finally:
+        db.close()
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+    """Register ``ledger`` (run) with ``gaps`` and ``stats`` on the main CLI's subparsers."""
+    p = subparsers.add_parser(
+        "ledger",
+        help="store units' events and acknowledge them (command centre)",
+        description=("Run the site's event ledger: store every event once in a SQLite "
+                     "database and publish signed acks of the contiguous prefix held. "
+                     "'gaps' and 'stats' read the database."),
+    )
+    p.add_argument("--broker", type=_broker, metavar="HOST:PORT",
+                   help="MQTT broker (port 1883, or 8883 with TLS, if left out)")
+    p.add_argument("--site", type=_site, help="the site whose units this ledger serves")
+    p.add_argument("--db", metavar="FILE", help="ledger database (created if missing)")
+    p.add_argument("--key", metavar="FILE",
+                   help="private key the acks are signed with (xunfang keys new)")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], default="5",
+                   help="MQTT version (5; 3.1.1 for brokers such as NATS)")
+    p.add_argument("--username", help="broker username")
+    p.add_argument("--password-file", metavar="F", help="file holding the broker password")
+    p.add_argument("--tls-ca", metavar="CA", help="CA certificate (PEM) to trust the broker by")
+    p.add_argument("--tls-cert", metavar="C", help="client certificate (PEM)")
+    p.add_argument("--tls-key", metavar="K", help="client certificate's key (PEM)")
+    p.add_argument("--client-id", metavar="ID",
+                   help="MQTT client id (default xunfang_ledger_{site})")
+    p.set_defaults(func=cmd_run)
+    sub = p.add_subparsers(dest="ledger_command", metavar="{gaps,stats}")
+
+    g = sub.add_parser("gaps", help="list missing sequence numbers per unit and journal",
+                       description="Per unit and journal: the acked prefix, the missing runs "
+                                   "above it and the runs acknowledged before this ledger.")
+    g.add_argument("--db", metavar="FILE", required=True, help="ledger database")
+    g.add_argument("--unit", type=_site, help="only this unit")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+    g.set_defaults(func=cmd_gaps)
+
+    s = sub.add_parser("stats", help="counts and counters of the ledger database (JSON)")
+    s.add_argument("--db", metavar="FILE", required=True, help="ledger database")
+    s.set_defaults(func=cmd_stats)
+    return p

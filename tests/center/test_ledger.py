@@ -1,0 +1,835 @@
+"""The centre's ledger (center/ledger.py) against a real Mosquitto.
+
+A plain paho client plays a unit: it publishes event envelopes (built with
+``firmware_py.journal.Event``) and its retained status; a second client
+watches the ack topics. Every well-formed message either of them sees or
+sends on the wire is checked against the JSON Schemas of ``docs/schemas``
+(``tests/support/schemas.py``); the deliberately malformed or hostile payloads
+are the exception, since being invalid is their point. Every ack is also
+verified with ``signing.verify_envelope`` against the ledger's public key.
+
+Waits have deadlines and wake on conditions (the ledger's ``wait_for``, the
+watcher's condition variable); nothing sleeps to synchronise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+
+from center import ledger as ledger_module
+from center.ledger import JournalState, Ledger, Rejected, parse_event
+from firmware_py import cli, topics
+from firmware_py.clock import parse_rfc3339
+from firmware_py.journal import Event
+from firmware_py.signing import SigningKey, save_signing_key, verify_envelope
+from tests.support.brokers import Mosquitto, render_acl
+from tests.support.pki import Credentials
+from tests.support.schemas import validate
+
+pytestmark = pytest.mark.timeout(60)
+
+SITE = "zhuantang"
+UNIT = "zt-pp-03"
+OTHER = "zt-pp-04"
+J1 = "5f1c9a0e7d2b4c11"
+J2 = "0a1b2c3d4e5f6071"
+WAIT_S = 10.0
+REPO = Path(__file__).resolve().parents[2]
+
+CHECKIN = {"card": "14008EC793", "reader": "front", "decision": "accepted",
+           "badge": "P-1042", "role": "police", "visit": "v-17"}
+
+
+def envelope(seq: int, journal: str = J1, unit: str = UNIT, kind: str = "checkin",
+             resent: bool = False) -> dict[str, Any]:
+    event = Event(seq=seq, kind=kind, unit=unit, site=SITE, journal=journal,
+                  ts_ms=1_795_000_000_000 + seq * 1000,
+                  boot_id="00000000-0000-4000-8000-000000000001", mono=100.0 + seq,
+                  clock_synced=True, data=dict(CHECKIN))
+    return event.envelope(resent=resent)
+
+
+def birth(journal: str, acked_seq: int, unit: str = UNIT) -> dict[str, Any]:
+    return {"online": True, "unit": unit, "site": SITE, "kind": "patrol_point",
+            "version": "0.1.0", "boot_id": "00000000-0000-4000-8000-000000000001",
+            "level": 3, "cards_version": None, "journal": journal, "acked_seq": acked_seq}
+
+
+# -- MQTT helpers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Auth:
+    """How a test client logs in: a client certificate, or a username and password."""
+
+    tls: Credentials | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+
+class _Client:
+    """A paho client on its own loop thread, connected before the constructor returns."""
+
+    def __init__(self, broker: Mosquitto, client_id: str, auth: Auth | None = None) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        if auth is not None and auth.tls is not None:
+            self.client.tls_set(ca_certs=str(auth.tls.ca), certfile=str(auth.tls.cert),
+                                keyfile=str(auth.tls.key))
+        if auth is not None and auth.username is not None:
+            self.client.username_pw_set(auth.username, auth.password)
+        self.cond = threading.Condition()
+        self.connected = False
+        self.pubacked: set[int] = set()
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        self.wait(lambda: self.connected, "connect")
+
+    def _on_connect(self, *args: Any) -> None:
+        with self.cond:
+            self.connected = True
+            self.cond.notify_all()
+
+    def _on_disconnect(self, *args: Any) -> None:
+        with self.cond:
+            self.connected = False
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self.cond:
+            self.pubacked.add(mid)
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        self.wait(lambda: info.mid in self.pubacked, f"PUBACK of {topic}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class FakeUnit(_Client):
+    """Plays a unit: events on its own topics, a retained birth status."""
+
+    def __init__(self, broker: Mosquitto, unit: str = UNIT, auth: Auth | None = None) -> None:
+        super().__init__(broker, topics.client_id(unit), auth)
+        self.unit = unit
+
+    def event(self, env: dict[str, Any], topic_unit: str | None = None) -> None:
+        topic = topics.event(SITE, topic_unit or self.unit, env["kind"])
+        if topic_unit is None:
+            validate(topic, env)
+        self.publish(topic, json.dumps(env))
+
+    def events(self, envs: list[dict[str, Any]]) -> None:
+        """Publish many at once (not waiting for each PUBACK), then wait for all."""
+        infos = []
+        for env in envs:
+            topic = topics.event(SITE, self.unit, env["kind"])
+            validate(topic, env)
+            infos.append(self.client.publish(topic, json.dumps(env), qos=1))
+        self.wait(lambda: all(i.mid in self.pubacked for i in infos), "PUBACKs")
+
+    def raw(self, kind: str, payload: bytes) -> None:
+        self.publish(topics.event(SITE, self.unit, kind), payload)
+
+    def status(self, doc: dict[str, Any]) -> None:
+        topic = topics.status(SITE, self.unit)
+        validate(topic, doc)
+        self.publish(topic, json.dumps(doc), retain=True)
+
+
+@dataclass(frozen=True)
+class SeenAck:
+    unit: str
+    journal: str
+    seq: int
+    retained: bool
+    envelope: dict[str, Any]
+
+
+class AckWatcher(_Client):
+    """Subscribes to every unit's ack topic; validates and verifies each ack it sees."""
+
+    def __init__(self, broker: Mosquitto, key: SigningKey, name: str = "watch",
+                 auth: Auth | None = None) -> None:
+        self.key = key
+        self.acks: list[SeenAck] = []
+        self.errors: list[str] = []
+        super().__init__(broker, f"test-{name}", auth)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = False
+        self.client.subscribe(f"xunfang/v1/{SITE}/+/ack", qos=1)
+        self.wait(lambda: self.subscribed, "SUBACK")
+
+    def _on_subscribe(self, *args: Any) -> None:
+        with self.cond:
+            self.subscribed = True
+            self.cond.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return  # a retained ack cleared by a test
+        try:
+            doc = validate(msg.topic, msg.payload)
+            verify_envelope(doc, {self.key.name: self.key.public_b64()})
+            parsed = topics.parse(msg.topic)
+            assert parsed is not None and parsed.channel == "ack"
+            assert doc["name"] == "ack"
+            assert doc["target"] == {"site": SITE, "units": [parsed.unit]}
+            seen = SeenAck(parsed.unit, doc["args"]["journal"], doc["args"]["seq"],
+                           bool(msg.retain), doc)
+        except Exception as err:  # reported by the test thread, not lost in paho's
+            with self.cond:
+                self.errors.append(f"{msg.topic}: {err!r}")
+                self.cond.notify_all()
+            return
+        with self.cond:
+            self.acks.append(seen)
+            self.cond.notify_all()
+
+    def of(self, unit: str = UNIT) -> list[SeenAck]:
+        with self.cond:
+            assert not self.errors, self.errors
+            return [a for a in self.acks if a.unit == unit]
+
+    def wait_ack(self, seq: int, journal: str = J1, unit: str = UNIT) -> SeenAck:
+        def found() -> bool:
+            return bool(self.errors) or any(
+                a.unit == unit and a.journal == journal and a.seq == seq for a in self.acks)
+
+        self.wait(found, f"ack {unit} {journal} {seq} (seen: {self.acks[-5:]})")
+        assert not self.errors, self.errors
+        return next(a for a in self.of(unit) if a.journal == journal and a.seq == seq)
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey.generate("ledger-test")
+
+
+@pytest.fixture
+def ledgers(tmp_path: Path, key: SigningKey) -> Iterator[Callable[..., Ledger]]:
+    """``make(broker, db=..., **options)``: a started, connected Ledger; all stopped at teardown."""
+    made: list[Ledger] = []
+
+    def make(broker: Mosquitto, db: Path | None = None, **options: Any) -> Ledger:
+        options.setdefault("settle_s", 0.2)
+        ledger = Ledger(db or tmp_path / "ledger.db", SITE, key, broker.host, broker.port,
+                        **options)
+        made.append(ledger)
+        ledger.start()
+        assert ledger.wait_connected(WAIT_S), "ledger did not connect"
+        return ledger
+
+    yield make
+    for ledger in made:
+        ledger.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[_Client]]:
+    made: list[_Client] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def _unit(broker: Mosquitto, clients: list[_Client], unit: str = UNIT,
+          auth: Auth | None = None) -> FakeUnit:
+    fake = FakeUnit(broker, unit, auth)
+    clients.append(fake)
+    return fake
+
+
+def _watcher(broker: Mosquitto, clients: list[_Client], key: SigningKey,
+             name: str = "watch", auth: Auth | None = None) -> AckWatcher:
+    watcher = AckWatcher(broker, key, name, auth)
+    clients.append(watcher)
+    return watcher
+
+
+def _wait(ledger: Ledger, predicate: Callable[[], bool], what: str) -> None:
+    assert ledger.wait_for(predicate, WAIT_S), f"timed out waiting for {what}"
+
+
+def _cli(*argv: str) -> int:
+    # The real `xunfang` parser, without main()'s logging set-up (which would
+    # replace pytest's log capture for the rest of the test).
+    args = cli.build_parser().parse_args(list(argv))
+    return int(args.func(args))
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = _cli(*argv)
+    return code, capsys.readouterr().out
+
+
+def _run_cli_err(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = _cli(*argv)
+    return code, capsys.readouterr().err
+
+
+# -- storing and acknowledging --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_events_are_stored_once_and_acked_with_a_signed_retained_ack(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, protocol: str) -> None:
+    ledger = ledgers(mosquitto, protocol=protocol)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in range(1, 6):
+        unit.event(envelope(seq))
+    # A reconnecting unit resends what it has not seen acked.
+    unit.event(envelope(3, resent=True))
+    unit.event(envelope(5, resent=True))
+
+    # Same id, other content: a conflict, counted and logged; the first copy stays.
+    unit.event({**envelope(4), "data": {**CHECKIN, "decision": "unknown"}})
+
+    ack = watcher.wait_ack(5)
+    _wait(ledger, lambda: ledger.counters()["duplicates"] == 3, "three duplicates counted")
+    assert ledger.counters()["conflicts"] == 1
+    assert ledger.event(f"{UNIT}:{J1}:4") == envelope(4)
+    assert ledger.count() == 5
+    assert ledger.counters()["stored"] == 5
+    assert ledger.event(f"{UNIT}:{J1}:3") == envelope(3)  # the first copy, as sent
+    assert [a.seq for a in watcher.of()] == sorted(a.seq for a in watcher.of())
+
+    # Signed by the ledger's key, addressed to this unit only, valid for years.
+    verify_envelope(ack.envelope, {key.name: key.public_b64()})
+    assert ack.envelope["args"] == {"journal": J1, "seq": 5}
+    assert ack.envelope["target"] == {"site": SITE, "units": [UNIT]}
+    lifetime = (parse_rfc3339(ack.envelope["expires_at"])
+                - parse_rfc3339(ack.envelope["issued_at"]))
+    assert lifetime.days >= 9 * 365
+    # Retained: a unit connecting later finds it.
+    late = _watcher(mosquitto, clients, key, "late")
+    assert late.wait_ack(5).retained
+
+
+def test_out_of_order_arrival_still_acks_only_the_contiguous_prefix(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey) -> None:
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in (4, 2, 6, 1, 3, 5):
+        unit.event(envelope(seq))
+    watcher.wait_ack(6)
+    seen = [a.seq for a in watcher.of()]
+    # Whatever the batching, only prefixes that were contiguous at the time go out.
+    assert set(seen) <= {2, 4, 6}, seen
+    assert seen == sorted(seen)
+    assert ledger.prefix(UNIT, J1) == 6
+    assert ledger.gaps()[0].missing == []
+
+
+def test_a_gap_holds_the_ack_and_is_reported_until_the_event_arrives(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in (1, 2, 4, 5, 8):
+        unit.event(envelope(seq))
+    _wait(ledger, lambda: ledger.count() == 5, "five events stored")
+    watcher.wait_ack(2)
+    # The prefix is what acks are made of, so nothing above 2 can go out.
+    assert ledger.prefix(UNIT, J1) == 2
+    assert max(a.seq for a in watcher.of()) == 2
+    assert ledger.last_ack(UNIT) == (J1, 2)
+    [gaps] = ledger.gaps()
+    assert gaps.missing == [(3, 3), (6, 7)]
+    assert gaps.missing_count == 3 and gaps.acked_before == []
+    # One line per batch that opened gaps: "gap, seq 3, 6-7 missing" or two lines.
+    gap_lines = [r.getMessage() for r in caplog.records if ": gap, seq" in r.getMessage()]
+    assert any("gap, seq 3" in m for m in gap_lines), gap_lines
+    assert any("6-7 missing (holding the ack at 2)" in m for m in gap_lines), gap_lines
+
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(tmp_path / "ledger.db"))
+    assert code == 0
+    header, row, summary = out.strip().splitlines()
+    assert header.split()[:6] == ["UNIT", "JOURNAL", "ACTIVE", "ACKED", "HIGHEST", "HELD"]
+    assert row.split()[:6] == [UNIT, J1, "yes", "2", "8", "5"]
+    assert "3, 6-7" in row
+    assert summary == "1 journal(s), 1 with gaps, 3 event(s) missing"
+
+    unit.event(envelope(3))
+    watcher.wait_ack(5)
+    assert ledger.gaps()[0].missing == [(6, 7)]
+    assert any("gap narrowed, still missing 6-7" in r.getMessage() for r in caplog.records)
+    unit.event(envelope(7, resent=True))
+    unit.event(envelope(6, resent=True))
+    watcher.wait_ack(8)
+    assert ledger.gaps()[0].missing == []
+    assert any("gap closed, every event up to 8 held" in r.getMessage()
+               for r in caplog.records)
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(tmp_path / "ledger.db"),
+                         "--json")
+    [doc] = json.loads(out)
+    assert doc["missing"] == [] and doc["prefix"] == 8 and doc["held"] == 8
+
+
+def test_an_event_claiming_another_unit_is_rejected_and_never_stored(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    forged = envelope(1, unit=OTHER)
+    validate("envelope", forged)  # a well-formed event, only on the wrong unit's topic
+    unit.event(forged, topic_unit=UNIT)
+    unit.event(envelope(1))
+    watcher.wait_ack(1)
+    _wait(ledger, lambda: ledger.counters()["rejected"] == 1, "one rejection")
+    assert ledger.count() == 1
+    assert ledger.count(unit=OTHER) == 0
+    assert ledger.event(f"{OTHER}:{J1}:1") is None
+    assert [g.info.unit for g in ledger.gaps()] == [UNIT]
+    assert watcher.of(OTHER) == []
+    [reject] = ledger.db.rejects()
+    assert reject["topic"] == topics.event(SITE, UNIT, "checkin")
+    assert f"claims unit '{OTHER}'" in reject["reason"]
+    assert any(f"claims unit '{OTHER}'" in r.getMessage() for r in caplog.records)
+
+
+MALFORMED: list[tuple[str, bytes]] = [
+    ("not json", b"not json at all"),
+    ("not utf-8", b"\xff\xfe{}"),
+    ("array", b"[1, 2, 3]"),
+    ("NaN", json.dumps({**envelope(1), "mono": "X"}).replace('"X"', "NaN").encode()),
+    ("deep", b"[" * 100_000),
+    ("oversize", json.dumps({**envelope(1), "data": {"x": "a" * 300_000}}).encode()),
+    ("v2", json.dumps({**envelope(1), "v": 2}).encode()),
+    ("no seq", json.dumps({k: v for k, v in envelope(1).items() if k != "seq"}).encode()),
+    ("seq 0", json.dumps({**envelope(1), "seq": 0, "id": f"{UNIT}:{J1}:0"}).encode()),
+    ("seq text", json.dumps({**envelope(1), "seq": "1"}).encode()),
+    ("seq float", json.dumps({**envelope(1), "seq": 1.0}).encode()),
+    ("seq bool", json.dumps({**envelope(1), "seq": True, "id": f"{UNIT}:{J1}:True"}).encode()),
+    ("journal", json.dumps({**envelope(1), "journal": "XYZ", "id": f"{UNIT}:XYZ:1"}).encode()),
+    ("id", json.dumps({**envelope(1), "id": f"{UNIT}:{J1}:2"}).encode()),
+]
+
+
+def test_malformed_payloads_are_counted_acked_at_mqtt_level_and_never_stored(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, tmp_path: Path) -> None:
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for _name, payload in MALFORMED:
+        unit.raw("checkin", payload)
+    unit.raw("alarm", json.dumps(envelope(1)).encode())  # kind is not the topic's
+    unit.event(envelope(1))
+    watcher.wait_ack(1)
+    _wait(ledger, lambda: ledger.counters()["malformed"] == len(MALFORMED),
+          f"{len(MALFORMED)} malformed counted ({ledger.counters()})")
+    counters = ledger.counters()
+    assert counters["rejected"] == 1
+    assert counters["stored"] == 1 and ledger.count() == 1
+    assert len(ledger.db.rejects()) == len(MALFORMED) + 1
+    assert ledger.event(f"{UNIT}:{J1}:1") == envelope(1)
+
+    # They were PUBACKed: a restarted ledger on the same session gets none of them again.
+    ledger.stop()
+    again = ledgers(mosquitto)
+    unit.event(envelope(2))
+    watcher.wait_ack(2)
+    assert again.counters()["malformed"] == len(MALFORMED)
+    assert again.counters()["rejected"] == 1
+    assert again.counters()["duplicates"] == 0
+
+
+# -- restarts, bases and journals -----------------------------------------------------------
+
+
+def test_a_restarted_ledger_keeps_its_database_and_publishes_its_ack_again(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey) -> None:
+    first = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in (1, 2, 3):
+        unit.event(envelope(seq))
+    watcher.wait_ack(3)
+    first.stop()
+    # The broker forgets the retained ack (as after a crash without persistence).
+    watcher.publish(topics.ack(SITE, UNIT), b"", retain=True)
+    n_before = len(watcher.of())
+
+    second = ledgers(mosquitto)
+    watcher.wait(lambda: len(watcher.acks) > n_before, "the ack published again")
+    assert watcher.of()[-1].seq == 3 and not watcher.of()[-1].retained
+    assert second.count() == 3
+
+    # Events sent while the ledger is away wait in its persistent session.
+    second.stop()
+    unit.event(envelope(4))
+    unit.event(envelope(5))
+    third = ledgers(mosquitto)
+    watcher.wait_ack(5)
+    assert third.count() == 5
+    assert third.counters()["stored"] == 5
+
+
+def test_the_base_comes_from_the_units_status_acked_seq(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    unit = _unit(mosquitto, clients)
+    # Acknowledged earlier, by a ledger whose database is gone.
+    unit.status(birth(J1, acked_seq=1041))
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    watcher.wait_ack(1041)  # re-stated at once: the unit already holds this ack
+    for seq in (1042, 1043, 1044):
+        unit.event(envelope(seq))
+    watcher.wait_ack(1044)
+    [gaps] = ledger.gaps()
+    assert gaps.missing == []
+    assert gaps.acked_before == [(1, 1041)]
+    assert gaps.info.base == 1041 and gaps.info.held == 3
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(tmp_path / "ledger.db"))
+    assert code == 0
+    row = out.strip().splitlines()[1]
+    assert row.split()[:6] == [UNIT, J1, "yes", "1044", "1044", "3"]
+    assert row.rstrip().endswith("1-1041")
+    assert out.strip().endswith("0 with gaps, 0 event(s) missing")
+
+
+def test_a_status_arriving_after_events_turns_their_gap_into_acked_before(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    unit.event(envelope(11))
+    unit.event(envelope(12))
+    _wait(ledger, lambda: ledger.count() == 2, "two events stored")
+    assert ledger.gaps()[0].missing == [(1, 10)]
+    unit.status(birth(J1, acked_seq=10))
+    watcher.wait_ack(12)
+    [gaps] = ledger.gaps()
+    assert gaps.missing == [] and gaps.acked_before == [(1, 10)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("seq 1-10 acknowledged before this ledger (per the unit's status)" in m
+               for m in messages), messages
+    assert any("gap closed, every event up to 12 held or acked before" in m
+               for m in messages), messages
+
+
+def test_acks_follow_the_units_active_journal(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey) -> None:
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    unit.event(envelope(1, J1))
+    unit.event(envelope(2, J1))
+    watcher.wait_ack(2, J1)
+    # The unit rebuilt its journal: its birth names the new one.
+    unit.status(birth(J2, acked_seq=0))
+    for seq in (1, 2, 3):
+        unit.event(envelope(seq, J2))
+    watcher.wait_ack(3, J2)
+    switched = len(watcher.of())
+    # A straggler of the old journal is stored, but the ack topic stays with J2.
+    unit.event(envelope(3, J1, resent=True))
+    unit.event(envelope(4, J2))
+    watcher.wait_ack(4, J2)
+    assert ledger.count(UNIT, J1) == 3
+    assert {a.journal for a in watcher.of()[switched:]} == {J2}
+    assert {(g.info.journal, g.info.active) for g in ledger.gaps()} == {(J1, False), (J2, True)}
+
+
+def test_a_ledger_that_lost_its_database_never_acks_below_its_retained_ack(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, tmp_path: Path) -> None:
+    first = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in range(1, 6):
+        unit.event(envelope(seq))
+    watcher.wait_ack(5)
+    first.stop()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'ledger.db'}{suffix}").unlink(missing_ok=True)
+    seen_before = len(watcher.of())
+
+    # A fresh database; the only evidence of 1..5 is the ledger's own retained ack.
+    second = ledgers(mosquitto, db=tmp_path / "new.db")
+    unit.event(envelope(6))
+    watcher.wait_ack(6)
+    assert min(a.seq for a in watcher.of()[seen_before:]) >= 5
+    [gaps] = second.gaps()
+    assert gaps.acked_before == [(1, 5)] and gaps.missing == []
+
+
+def test_the_ledger_reconnects_after_the_broker_restarts(
+        mosquitto_factory: Callable[..., Mosquitto], ledgers: Callable[..., Ledger],
+        clients: list[_Client], key: SigningKey) -> None:
+    broker = mosquitto_factory(persistence=True)
+    ledger = ledgers(broker)
+    watcher = _watcher(broker, clients, key)
+    unit = _unit(broker, clients)
+    unit.event(envelope(1))
+    watcher.wait_ack(1)
+    broker.stop()
+    _wait(ledger, lambda: not ledger.connected, "the ledger to notice")
+    broker.start()
+    _wait(ledger, lambda: ledger.connected, "the ledger to reconnect")
+    unit.wait(lambda: unit.connected, "the unit to reconnect")
+    unit.event(envelope(2))
+    _wait(ledger, lambda: ledger.prefix(UNIT, J1) == 2, "event 2 stored")
+    # The watcher's session ended with the broker; a new subscriber sees the retained ack.
+    late = _watcher(broker, clients, key, "late")
+    late.wait_ack(2)
+
+
+def test_acks_are_coalesced_under_load_and_sent_promptly_when_traffic_stops(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey) -> None:
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    n = 600
+    started = time.monotonic()
+    unit.events([envelope(seq) for seq in range(1, n + 1)])
+    watcher.wait_ack(n)
+    elapsed = time.monotonic() - started
+    seqs = [a.seq for a in watcher.of()]
+    assert seqs == sorted(seqs)
+    # At most one per ack interval (plus the first, the last and the one the
+    # ledger re-states once after subscribing).
+    assert len(seqs) <= elapsed / ledger.ack_interval_s + 3, (len(seqs), elapsed)
+    assert ledger.count() == n
+
+
+def test_the_ledger_logs_in_with_a_username_and_password(
+        mosquitto_factory: Callable[..., Mosquitto], ledgers: Callable[..., Ledger],
+        clients: list[_Client], key: SigningKey) -> None:
+    broker = mosquitto_factory(passwords={"ledger": "s3cret", UNIT: "unit-pw", "centre": "c"})
+    ledger = ledgers(broker, username="ledger", password="s3cret")
+    watcher = _watcher(broker, clients, key, auth=Auth(username="centre", password="c"))
+    unit = _unit(broker, clients, auth=Auth(username=UNIT, password="unit-pw"))
+    unit.event(envelope(1))
+    watcher.wait_ack(1)
+    assert ledger.count() == 1
+
+
+def test_a_ledger_with_a_wrong_password_keeps_retrying_and_never_stops(
+        mosquitto_factory: Callable[..., Mosquitto], key: SigningKey, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    broker = mosquitto_factory(passwords={"ledger": "s3cret"})
+    ledger = Ledger(tmp_path / "l.db", SITE, key, broker.host, broker.port,
+                    username="ledger", password="wrong")
+    ledger.start()
+    try:
+        assert not ledger.wait_connected(0.5)
+        assert ledger.wait_for(lambda: any("refused the ledger" in r.getMessage()
+                                           for r in caplog.records), WAIT_S)
+    finally:
+        ledger.stop()
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
+        mosquitto_factory: Callable[..., Mosquitto], clients: list[_Client], key: SigningKey,
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # As in production: TLS with client certificates (CN = username) and the
+    # shipped ACL, which lets the `ledger` user read events and statuses and
+    # read and write acks, and nothing else.
+    broker = mosquitto_factory(tls=True, acl_text=render_acl({UNIT: SITE}))
+    assert broker.pki is not None
+    key_file = tmp_path / "ledger.key"
+    save_signing_key(key, key_file)
+    db = tmp_path / "cli.db"
+    watcher = _watcher(broker, clients, key, auth=Auth(tls=broker.pki.client("centre")))
+    unit = _unit(broker, clients, auth=Auth(tls=broker.pki.client(UNIT)))
+    unit.status(birth(J1, acked_seq=0))
+    creds = broker.pki.client("ledger")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firmware_py.cli", "ledger",
+         "--broker", f"{broker.host}:{broker.port}", "--site", SITE, "--db", str(db),
+         "--key", str(key_file), "--protocol", "3.1.1", "--client-id", "ledger-cli",
+         "--tls-ca", str(creds.ca), "--tls-cert", str(creds.cert), "--tls-key", str(creds.key)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        # Subscribed once the broker logs it; events before that would not be queued.
+        assert broker.wait_for_log("ledger-cli 1 xunfang/v1/zhuantang/+/ack", timeout=WAIT_S), \
+            "the CLI ledger never subscribed"
+        for seq in (1, 2, 4):
+            unit.event(envelope(seq))
+        unit.raw("checkin", b"{broken")
+        watcher.wait_ack(2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, output
+    assert "gap, seq 3 missing" in output
+    assert "Denied" not in broker.log_text(), broker.log_tail()
+
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(db))
+    assert code == 0
+    assert out.strip().splitlines()[1].split()[:7] == [UNIT, J1, "yes", "2", "4", "3", "3"]
+    assert out.strip().endswith("1 with gaps, 1 event(s) missing")
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(db), "--unit", OTHER)
+    assert (code, out.strip()) == (0, f"no journals of unit {OTHER} in {db}")
+
+    code, out = _run_cli(capsys, "ledger", "stats", "--db", str(db))
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["site"] == SITE and stats["events"] == 3
+    assert stats["units"] == 1 and stats["journals"] == 1
+    assert stats["journals_with_gaps"] == 1 and stats["missing"] == 1
+    assert stats["counters"]["malformed"] == 1 and stats["counters"]["stored"] == 3
+    assert stats["counters"]["statuses"] == 1
+    assert stats["per_journal"][0]["ack_published"] == 2
+
+    code, err = _run_cli_err(capsys, "ledger", "stats", "--db", str(tmp_path / "absent.db"))
+    assert code == 1 and "no ledger database" in err
+    code, err = _run_cli_err(capsys, "ledger", "--site", SITE)
+    assert code == 2 and "missing --broker, --db, --key" in err
+
+
+# -- pure parts -----------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=80))
+def test_the_prefix_is_the_longest_run_held_or_acked_before(
+        steps: list[tuple[bool, int]]) -> None:
+    # A model: events (True) and bases from statuses (False) in any order.
+    state = JournalState(UNIT, J1)
+    held: set[int] = set()
+    base = 0
+
+    def model_prefix() -> int:
+        p = 0
+        while p + 1 in held or p + 1 <= base:
+            p += 1
+        return p
+
+    for is_event, n in steps:
+        if is_event:
+            if n == 0 or n in held:
+                continue
+            held.add(n)
+            state.add(n)
+        else:
+            if n > model_prefix():
+                base = n
+            state.raise_base(n)
+        prefix = model_prefix()
+        assert state.prefix == prefix
+        assert state.base == base
+        assert state.above == {s for s in held if s > prefix}
+        assert state.held == len(held)
+        missing = {s for s in range(prefix + 1, max(held, default=0) + 1) if s not in held}
+        assert state.missing == len(missing)
+        assert sum(b - a + 1 for a, b in state.missing_runs()) == len(missing)
+
+
+@pytest.mark.parametrize(("payload", "counter"), [
+    (json.dumps(envelope(1)).encode(), None),
+    (json.dumps(envelope(1, resent=True)).encode(), None),
+    (json.dumps(envelope(1, unit=OTHER)).encode(), "rejected"),
+    (json.dumps({**envelope(1), "site": "elsewhere"}).encode(), "rejected"),
+    (json.dumps({**envelope(1), "kind": "alarm"}).encode(), "rejected"),
+    *[(payload, "malformed") for _name, payload in MALFORMED],
+])
+def test_parse_event_checks_identity_against_the_topic(payload: bytes,
+                                                       counter: str | None) -> None:
+    topic = topics.parse(topics.event(SITE, UNIT, "checkin"))
+    assert topic is not None
+    if counter is None:
+        record = parse_event(topic, payload)
+        assert (record.id, record.seq, record.journal) == (f"{UNIT}:{J1}:1", 1, J1)
+        # A resend has the same digest as the original: it is the same event.
+        assert record.digest == parse_event(topic, json.dumps(envelope(1)).encode()).digest
+    else:
+        with pytest.raises(Rejected) as info:
+            parse_event(topic, payload)
+        assert info.value.counter == counter
+
+
+def test_a_failed_commit_is_retried_and_pubacked_only_once_it_succeeds(
+        tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    # White-box: the writer's batch step with a stand-in paho client, and the
+    # disk failing twice. The PUBACK (client.ack) must wait for the commit.
+
+    ledger = Ledger(tmp_path / "l.db", SITE, key)
+    ledger._db = ledger_module.LedgerDB(ledger.db_path, site=SITE)
+    ledger._reader = ledger_module.LedgerDB(ledger.db_path, readonly=True)
+    ledger._load_state()
+    pubacks: list[tuple[int, int, int]] = []
+
+    class Client:
+        def ack(self, mid: int, qos: int) -> None:
+            pubacks.append((mid, qos, ledger._reader.count() if ledger._reader else -1))
+
+    ledger._client = Client()  # type: ignore[assignment]
+    real_apply = ledger._apply
+    failures = [sqlite3.OperationalError("disk I/O error")] * 2
+
+    def flaky_apply(batch: list[Any]) -> set[str]:
+        assert not pubacks, "PUBACK sent before the batch was stored"
+        if failures:
+            raise failures.pop()
+        return real_apply(batch)
+
+    monkeypatch.setattr(ledger, "_apply", flaky_apply)
+    msg = ledger_module._Inbound(topics.event(SITE, UNIT, "checkin"),
+                                 json.dumps(envelope(1)).encode(), mid=7, qos=1,
+                                 retain=False, gen=0)
+    ledger._store_batch([msg])
+    assert pubacks == [(7, 1, 1)]  # once, and the event was already readable
+    assert ledger.counters()["db_errors"] == 2
+    assert ledger.count() == 1
+    ledger._db.close()
+    ledger._reader.close()
