@@ -183,9 +183,18 @@ class Component:
                     self.teardown()
                 except Exception:
                     self.log.exception("%s teardown failed", self.name)
-            if self._stop.wait(backoff):
+            if self._wait_beating(backoff):
                 break
             backoff = min(backoff * 2, self.restart_max_s)
+
+    def _wait_beating(self, seconds: float) -> bool:
+        """The restart backoff is a deliberate wait, not a hang: keep beating through it."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            self.beat()
+            if self._stop.wait(min(remaining, 1.0)):
+                return True
+        return self._stop.is_set()
 
     def request_stop(self) -> None:
         self._stop.set()
