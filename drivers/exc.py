@@ -1,0 +1,39 @@
+"""Errors of the hardware drivers, under the unit's root error.
+
+The family hangs off :class:`firmware_py.exc.XunfangError`, so a caller that
+catches the root catches these too; leaves also inherit a builtin
+(``ValueError``, ``TimeoutError``, ``ConnectionError``) so callers may catch
+either. Messages name the reader and the port they are about.
+
+Card reads and reader faults never reach a caller as exceptions: a reader
+thread reports them through its callbacks and counters. Only caller mistakes
+(a bad config value, a malformed card pattern) raise at once.
+"""
+
+from __future__ import annotations
+
+from firmware_py.exc import XunfangError
+
+
+class ReaderError(XunfangError):
+    """A card reader, its port or its configuration."""
+
+
+class ReaderConfigInvalid(ReaderError, ValueError):
+    """A reader cannot be built from what it was given (driver, port URL, format)."""
+
+
+class ReaderPortLost(ReaderError, ConnectionError):
+    """The reader's port went away: unplugged, re-pointed or failing on read/write."""
+
+
+class ReaderNotAnswering(ReaderError, TimeoutError):
+    """A reader that should answer (PN532) did not, or stopped answering."""
+
+
+class ReaderHung(ReaderError):
+    """A reader that sends only noise: a candidate for a power cycle."""
+
+
+class CardPatternInvalid(ReaderError, ValueError):
+    """A card id or card-list pattern (hex, ``dec:``, ``w26:``) that cannot be used."""
