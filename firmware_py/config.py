@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -254,6 +255,22 @@ class InputsSection(Section):
     panic: GpioPin | None = None
     tamper: GpioPin | None = None
     debounce_ms: int = Field(default=50, ge=1, le=2000)
+    # Which contact is normal (docs/lights.md): a panic button is normally open
+    # (active when pressed, pin low); a tamper loop normally closed (active when
+    # the lid opens or the wire is cut, pin high).
+    panic_normally_closed: bool = False
+    tamper_normally_closed: bool = True
+    # A panic alarm stays active at least this long after the press (momentary buttons).
+    panic_hold_s: int = Field(default=0, ge=0, le=86400)
+    # Lights a panic alarm strobes; None: the light named "warning", if there is one.
+    alarm_lights: list[Annotated[str, Field(pattern=DEVICE_NAME_PATTERN)]] | None = None
+
+    def alarm_light_names(self, lights: Iterable[str]) -> list[str]:
+        """The configured lights a panic alarm drives."""
+        names = list(lights)
+        if self.alarm_lights is not None:
+            return [n for n in self.alarm_lights if n in names]
+        return ["warning"] if "warning" in names else []
 
 
 # -- [patrol] ------------------------------------------------------------------------
@@ -288,14 +305,83 @@ class PatrolSection(Section):
         return _int_keys(value)
 
 
+class DutySection(Section):
+    """Kiosks and checkpoints: a tap toggles that badge on or off duty (docs/patrol.md)."""
+
+    # One badge going off and another coming on within this long is a handover.
+    handover_gap_s: int = Field(default=600, ge=0, le=86400)
+    # The same badge again within this long of its last toggle is a repeat, not a toggle
+    # (a double tap must not put a guard straight back off duty).
+    repeat_s: int = Field(default=10, ge=0, le=600)
+
+
 # -- [[cameras]] ------------------------------------------------------------------------
 
 
+#: A mask's corner: x and y as fractions of the frame's width and height (0,0 top left).
+MaskPoint = Annotated[list[Annotated[float, Field(ge=0, le=1)]],
+                      Field(min_length=2, max_length=2)]
+CameraCodec = Literal["mjpeg", "mp4v"]
+
+
 class CameraConfig(Section):
+    """One camera (docs/camera.md explains each group of keys)."""
+
     name: str = Field(pattern=DEVICE_NAME_PATTERN)
     source: str = Field(min_length=1)
     # No frame for this long means the camera is offline.
     stall_s: float = Field(default=5.0, gt=0, le=300)
+    # Frames analysed and recorded per second, at most (the camera may send more).
+    fps: float = Field(default=10.0, gt=0, le=60)
+    # -- motion (camera/motion.py) --
+    motion_rows: int = Field(default=100, ge=40, le=480)
+    motion_threshold: int = Field(default=25, ge=1, le=255)
+    motion_min_area: float = Field(default=0.001, gt=0, le=1)
+    motion_frames: int = Field(default=3, ge=1, le=100)
+    background_s: float = Field(default=5.0, gt=0, le=3600)
+    global_change: float = Field(default=0.6, gt=0, le=1)
+    masks: list[Annotated[list[MaskPoint], Field(min_length=3)]] = Field(default_factory=list)
+    sensitivity: dict[Level, Annotated[float, Field(gt=0, le=10)]] = Field(
+        default_factory=lambda: {3: 1.0, 2: 1.25, 1: 1.5}
+    )
+    # -- recording (camera/recorder.py) --
+    pre_roll_s: float = Field(default=5.0, ge=0, le=60)
+    post_roll_s: float = Field(default=5.0, ge=0, le=300)
+    max_clip_s: float = Field(default=300.0, ge=5, le=3600)
+    codec: CameraCodec = "mjpeg"
+    jpeg_quality: int = Field(default=80, ge=30, le=100)
+    continuous_levels: list[Level] = Field(default_factory=lambda: [1])
+    segment_s: float = Field(default=60.0, ge=5, le=3600)
+    clip_s: int = Field(default=30, ge=1, le=600)
+    alarm_clip_s: int = Field(default=30, ge=0, le=600)
+    checkin_snapshots: bool = True
+    # -- tamper (camera/tamper.py) --
+    tamper: bool = True
+    tamper_confirm_s: float = Field(default=3.0, ge=0.2, le=600)
+    tamper_learn_s: float = Field(default=10.0, ge=0, le=3600)
+    defocus_ratio: float = Field(default=0.35, gt=0, lt=1)
+    moved_match: float = Field(default=0.3, gt=0, lt=1)
+    frozen_s: float = Field(default=10.0, ge=1, le=3600)
+    # -- storage (camera/retention.py) --
+    quota_mb: int = Field(default=4096, ge=1)
+    max_age_days: float = Field(default=14.0, gt=0, le=3650)
+    reserve_mb: int = Field(default=512, ge=0)
+    # -- isolation (camera/daemon.py) --
+    memory_mb: int = Field(default=400, ge=64, le=65536)
+    hang_s: float = Field(default=20.0, ge=2, le=600)
+
+    @field_validator("sensitivity", mode="before")
+    @classmethod
+    def _level_keys(cls, value: Any) -> Any:
+        return _int_keys(value)
+
+    @model_validator(mode="after")
+    def _clip_lengths(self) -> CameraConfig:
+        for key in ("pre_roll_s", "post_roll_s"):
+            if getattr(self, key) >= self.max_clip_s:
+                raise ValueError(f"{key} ({getattr(self, key)}) must be below max_clip_s "
+                                 f"({self.max_clip_s})")
+        return self
 
 
 # -- [journal] ------------------------------------------------------------------------
@@ -324,6 +410,7 @@ class UnitConfig(Section):
     )
     inputs: InputsSection = Field(default_factory=InputsSection)
     patrol: PatrolSection = Field(default_factory=PatrolSection)
+    duty: DutySection = Field(default_factory=DutySection)
     cameras: list[CameraConfig] = Field(default_factory=list)
 
     # Filled by load_config: where the file came from and the hash of its bytes.
@@ -355,6 +442,10 @@ class UnitConfig(Section):
             if light.schedule == "sunset-sunrise" and self.unit.latitude is None:
                 problems.append(f"lights.{light_name}.schedule: \"sunset-sunrise\" needs "
                                 "unit.latitude and unit.longitude")
+        for i, name in enumerate(self.inputs.alarm_lights or []):
+            if name not in self.lights:
+                problems.append(f"inputs.alarm_lights[{i}]: no light {name!r} in [lights.*] "
+                                f"(has: {', '.join(self.lights) or 'none'})")
         claim(self.inputs.panic, "inputs.panic")
         claim(self.inputs.tamper, "inputs.tamper")
         for i, reader in enumerate(self.readers):

@@ -46,7 +46,14 @@ class StationPart:
 
 def build_parts(ctx: UnitContext) -> list[StationPart]:
     """The parts this unit's config asks for, in the order they should act."""
+    from .alarms import AlarmsPart  # lazy: the parts' modules import this one
+    from .checkin import CheckinPart
+    from .lights_control import LightsPart
+
     parts: list[StationPart] = []
+    parts += AlarmsPart.for_config(ctx)   # before the lights: an alarm strobes them
+    parts += LightsPart.for_config(ctx)
+    parts += CheckinPart.for_config(ctx)  # readers, patrol logic, feedback
     return parts
 
 

@@ -8,14 +8,18 @@ its own process as in the field:
 - the unit, ``xunfang run -c unit.toml``, from ``config/demo.toml`` with this
   demo's broker port and freshly made keys;
 
-and prints the unit's journal as it grows, with the centre's acknowledgement
-catching up. Then it plays what the field does to a unit (see SCENARIO) and
-keeps running until Ctrl-C, or for ``--seconds``.
+- ``xunfang watch`` on the site: what the centre sees on the broker;
+
+and prints two views, interleaved: ``unit`` lines are the unit's journal as it
+grows (each is on disk before anything else happens to it), ``centre`` lines
+are what reaches the centre. Then it plays what the field does to a unit
+(:meth:`Demo.scenario`) and keeps running until Ctrl-C, or for ``--seconds``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -36,6 +40,14 @@ from firmware_py.signing import SigningKey, save_signing_key  # noqa: E402
 from tests.support.brokers import Mosquitto  # noqa: E402
 
 XUNFANG = str(Path(sys.executable).with_name("xunfang"))
+# The feedback patterns of drivers/feedback.py, as a patrol member sees them.
+SIGNALS = {
+    "recorded": "steady green, one beep: recorded",
+    "alone": "four green flashes, two beeps: recorded, you are alone, a second person must tap",
+    "off_duty": "green, beep, pause, green: recorded, off duty",
+    "rejected": "red, long beep: unknown card or not valid now",
+    "fault": "six red flashes, three beeps: NOT recorded, a fault",
+}
 
 
 def say(text: str) -> None:
@@ -49,6 +61,8 @@ class Demo:
         self.broker: Mosquitto | None = None
         self.unit: subprocess.Popen[bytes] | None = None
         self.ledger: subprocess.Popen[bytes] | None = None
+        self.watch: subprocess.Popen[str] | None = None
+        self._print_lock = threading.Lock()
         self.config = workdir / "unit.toml"
         self.stop = threading.Event()
 
@@ -84,7 +98,9 @@ class Demo:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
+        # Containers and VMs never report NTP sync; the demo's clock is right, so say so.
+        env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1",
+                   XUNFANG_CLOCK_SYNCED="1")
         return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
 
@@ -94,6 +110,57 @@ class Demo:
             XUNFANG, "ledger", "--broker", f"127.0.0.1:{self.broker.port}", "--site", "demo",
             "--db", str(self.dir / "ledger.db"), "--key", str(self.dir / "keys" / "ledger.key"),
         ])
+
+    def broker_args(self) -> list[str]:
+        assert self.broker is not None
+        return ["--broker", f"127.0.0.1:{self.broker.port}"]
+
+    def show(self, who: str, line: str) -> None:
+        with self._print_lock:
+            print(f"  {who:<6} │ {line}", flush=True)
+
+    def start_watch(self) -> None:
+        """The centre's view: every message of the site, one line each."""
+        self.watch = subprocess.Popen(
+            [XUNFANG, "watch", *self.broker_args(), "--site", "demo"],
+            stdout=subprocess.PIPE, stderr=open(self.logs / "watch.log", "ab"),  # noqa: SIM115
+            text=True, start_new_session=True)
+
+        def relay() -> None:
+            assert self.watch is not None and self.watch.stdout is not None
+            for line in self.watch.stdout:
+                # Health every few seconds would drown the story; it is in watch.log's peers.
+                if " health " not in line:
+                    self.show("centre", line.rstrip())
+
+        threading.Thread(target=relay, daemon=True).start()
+
+    def send(self, *args: str) -> None:
+        """Run ``xunfang send …`` as an operator would, and show what it printed."""
+        cmd = [XUNFANG, "send", *args, "--site", "demo", "--key",
+               str(self.dir / "keys" / "centre.key"), *self.broker_args(), "--wait", "5"]
+        self.show("send", " ".join(["xunfang", "send", *args, "--site", "demo", "…"]))
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        for line in (out.stdout + out.stderr).splitlines():
+            self.show("send", line)
+
+    def tap(self, card: str, who: str) -> None:
+        """A patrol member taps a card: a real frame into the unit's simulated reader."""
+        self.show("tap", f"{who}: xunfang sim tap {card} -c unit.toml")
+        out = subprocess.run([XUNFANG, "sim", "tap", card, "-c", str(self.config)],
+                             capture_output=True, text=True, timeout=60)
+        for line in (out.stdout + out.stderr).splitlines():
+            if line.startswith("#"):
+                continue  # the checkin itself shows in the unit's journal view
+            self.show("tap", line)
+        # What the patrol member saw: the station notes each tap's signal in its status file.
+        try:
+            status = json.loads((self.dir / "run" / "station.json").read_text())
+            signal_name = (status.get("last_tap") or {}).get("signal")
+        except (OSError, ValueError):
+            signal_name = None
+        if signal_name:
+            self.show("tap", f"the unit shows: {SIGNALS.get(signal_name, signal_name)}")
 
     def start_unit(self) -> None:
         self.unit = self._spawn("unit", [XUNFANG, "run", "-c", str(self.config)])
@@ -116,13 +183,13 @@ class Demo:
         try:
             while not self.stop.is_set():
                 for event in journal.events_after(after):
-                    print("  " + format_event(event), flush=True)
+                    self.show("unit", format_event(event))
                     after = event.seq
                 now_acked = journal.acked_seq()
                 if now_acked > acked:
                     acked = now_acked
-                    print(f"  {'':8}✓ centre acknowledged up to #{acked} "
-                          f"({journal.pending_count()} pending)", flush=True)
+                    self.show("unit", f"✓ the centre's ledger holds every event up to #{acked} "
+                                      f"({journal.pending_count()} pending)")
                 journal.wait_for_change(0.5)
         finally:
             journal.close()
@@ -137,11 +204,25 @@ class Demo:
         assert self.broker is not None
         broker = self.broker
         return [
-            (6, "network outage: the broker goes away for 10 s", broker.stop),
-            (3, "the unit restarts while offline: its events wait in the journal",
+            (4, "the centre publishes the card list (signed, retained)",
+             lambda: self.send("cards", str(REPO / "config" / "demo-cards.json"))),
+            (2, "night patrol: a police officer taps in, alone so far",
+             lambda: self.tap("14008EC793", "police officer PO-017")),
+            (2, "a patrol guard countersigns: a two-person, police-led visit",
+             lambda: self.tap("dec:0000001111", "patrol guard PA-103")),
+            (2, "a card nobody enrolled",
+             lambda: self.tap("0A0B0C0D0E", "stranger")),
+            (12, "the centre raises the alert level to 1 for the whole site, for 10 minutes",
+             lambda: self.send("level", "1", "--ttl", "10m")),
+            (5, "network outage: the broker goes away for 12 s", broker.stop),
+            (2, "a village guard taps while offline: same green light, on disk, waiting",
+             lambda: self.tap("w26:0,1112", "village guard VI-221")),
+            (2, "the unit restarts while offline: its events wait in the journal",
              self.restart_unit),
-            (7, "the broker is back: the backlog reaches the centre, in order, once",
+            (8, "the broker is back: the backlog reaches the centre, in order, once",
              broker.start),
+            (12, "the centre sets the level back to normal (3)",
+             lambda: self.send("level", "3")),
         ]
 
     def restart_unit(self) -> None:
@@ -153,7 +234,8 @@ class Demo:
         self.prepare()
         self.start_ledger()
         self.start_unit()
-        say("journal of demo-pp-01 (each line is on disk before anything else happens)")
+        say("unit: the journal of demo-pp-01 (on disk first); centre: what reaches the centre")
+        self.start_watch()
         follower = threading.Thread(target=self.follow_journal, daemon=True)
         follower.start()
         started = time.monotonic()
@@ -173,7 +255,7 @@ class Demo:
     def close(self) -> None:
         self.stop.set()
         self.stop_unit()
-        for proc in (self.ledger,):
+        for proc in (self.ledger, self.watch):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:

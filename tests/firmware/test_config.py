@@ -97,6 +97,10 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
     ("round interval", {"patrol": {"round_every_min": {"3": "two hours"}}},
      'patrol.round_every_min[3]: expected int, got "two hours"'),
     ("min people", {"patrol": {"min_people": 0}}, "patrol.min_people: must be at least 1, got 0"),
+    ("handover gap", {"duty": {"handover_gap_s": -1}},
+     "duty.handover_gap_s: must be at least 0, got -1"),
+    ("duty repeat", {"duty": {"repeat_s": 601}}, "duty.repeat_s: must be at most 600, got 601"),
+    ("duty key", {"duty": {"handover_s": 60}}, "duty.handover_s: unknown key"),
     ("camera source", {"cameras": [{"name": "gate", "source": ""}]},
      "cameras[0].source: string should have at least 1 character"),
     ("journal size", {"journal": {"max_mb": 0}}, "journal.max_mb: must be at least 1, got 0"),
@@ -147,6 +151,7 @@ def test_defaults_follow_the_contract(tmp_path: Path) -> None:
     assert cfg.patrol.visit_gap_s == 60 and cfg.patrol.min_people == 2
     assert cfg.patrol.round_every_min == {3: 120, 2: 60, 1: 30}
     assert cfg.patrol.windows["night"] == "23:00-05:00"
+    assert cfg.duty.handover_gap_s == 600 and cfg.duty.repeat_s == 10
     assert cfg.lights["w"].effective_schedule_mode == "alternate"
     assert cfg.lights["b"].effective_schedule_mode == "on"
     assert cfg.lights["w"].effective_level_modes == {1: "strobe", 2: "alternate"}
@@ -204,3 +209,35 @@ def test_config_check_says_ok_for_a_good_file_and_exits_2_for_no_file(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert "ok: unit zt-kiosk-shangbu (kiosk) of site zhuantang" in proc.stdout
     assert _check(tmp_path / "nope.toml").returncode == 2
+
+
+# -- [inputs]: contacts and the lights an alarm drives (docs/lights.md) ----------------------
+
+
+def test_inputs_defaults_panic_normally_open_tamper_normally_closed(tmp_path: Path) -> None:
+    inputs = parse_config(merge(base_document(tmp_path), {"inputs": {"panic": 19}})).inputs
+    assert (inputs.panic_normally_closed, inputs.tamper_normally_closed) == (False, True)
+    assert inputs.panic_hold_s == 0 and inputs.alarm_lights is None
+    assert inputs.alarm_light_names(["warning", "lightbox"]) == ["warning"]
+    assert inputs.alarm_light_names(["beacon", "lightbox"]) == []
+
+
+def test_alarm_lights_name_configured_lights(tmp_path: Path) -> None:
+    lights = {"beacon": {"pins": [5]}, "lightbox": {"pins": [13]}}
+    cfg = parse_config(merge(base_document(tmp_path), {
+        "lights": lights, "inputs": {"panic": 19, "alarm_lights": ["beacon"]}}))
+    assert cfg.inputs.alarm_light_names(cfg.lights) == ["beacon"]
+    found = problems(tmp_path, lights=lights, inputs={"alarm_lights": ["beacon", "warning"]})
+    assert found == ["inputs.alarm_lights[1]: no light 'warning' in [lights.*] "
+                     "(has: beacon, lightbox)"]
+
+
+@pytest.mark.parametrize(("inputs", "expected"), [
+    ({"tamper_normally_closed": "yes"}, 'inputs.tamper_normally_closed: expected bool, got "yes"'),
+    ({"panic_hold_s": -1}, "inputs.panic_hold_s: must be at least 0, got -1"),
+    ({"alarm_lights": ["Warning!"]}, "inputs.alarm_lights[0]: must match"),
+], ids=["polarity", "hold", "light name"])
+def test_inputs_rules_name_their_key(tmp_path: Path, inputs: dict[str, Any],
+                                     expected: str) -> None:
+    found = problems(tmp_path, inputs=inputs)
+    assert any(line.startswith(expected) for line in found), found

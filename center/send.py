@@ -1,0 +1,461 @@
+"""``xunfang send``: sign a command or desired document, publish it, and report who applied it.
+
+Desired state is retained on ``…/{unit or _all}/desired/{name}`` (a unit that
+is offline gets the newest when it reconnects); one-shot commands go
+non-retained to ``…/cmd``. Each is a signed envelope (MQTT-API.md) made with
+the centre's private key. ``send`` then waits a few seconds (``--wait``) for
+the units' ``command`` events that name the envelope's id, and prints which
+units applied it, which rejected it and why, and which did not answer (the
+site's units are known from their retained status messages)::
+
+    $ xunfang send level 1 --ttl 6h --site zhuantang --key centre-2026.key \\
+          --broker broker.centre:8883 --tls-ca ca.pem --tls-cert centre.pem --tls-key centre.key
+    level 1 until 2026-11-28T21:04:05.123Z, id 2b0f3c1d…,
+      retained on xunfang/v1/zhuantang/_all/desired/level
+      applied    zt-pp-03
+      rejected   zt-pp-04  bad_args: lights.siren: no such light on this unit
+      no answer  zt-pp-05  (online)
+      offline    zt-pp-06  (gets it when it reconnects)
+    4 unit(s): 1 applied, 1 rejected, 1 no answer, 1 offline
+
+Exit status: 0 when no unit rejected and every unit expected to answer did;
+1 when one rejected or did not answer, or the broker refused; 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+
+from firmware_py import topics
+from firmware_py.clock import rfc3339_ms
+from firmware_py.config import LIGHT_MODES
+from firmware_py.desired import CMD_NAMES, ArgsInvalid, validate_args
+from firmware_py.exc import SignatureError
+from firmware_py.signing import SigningKey, load_signing_key
+
+from .session import (
+    BrokerOptions,
+    CentreSession,
+    SessionError,
+    UsageError,
+    add_broker_arguments,
+    options_from_args,
+    site_name,
+)
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = ["DESIRED_VALID_S", "Report", "add_parser", "build", "cmd_send", "parse_duration",
+           "send"]
+
+#: How long a retained desired document may be applied: long, since a unit may
+#: first see it after weeks offline, and a late document still tells it that
+#: the older one was replaced. One-shot commands: five minutes.
+DESIRED_VALID_S = 30 * 86400
+CARDS_VALID_S = 365 * 86400
+CMD_VALID_S = 300
+DEFAULT_WAIT_S = 5.0
+
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``30m``, ``6h``, ``2d``, ``1h30m`` or plain seconds → seconds (> 0)."""
+    text = text.strip().lower()
+    if text.isdigit():
+        seconds = int(text)
+    else:
+        m = _DURATION_RE.match(text)
+        if not m or not any(m.groups()):
+            raise argparse.ArgumentTypeError(f"{text!r}: give a duration like 90s, 30m, 6h, "
+                                             "2d or 1h30m")
+        d, h, mi, s = (int(g or 0) for g in m.groups())
+        seconds = ((d * 24 + h) * 60 + mi) * 60 + s
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be positive")
+    return seconds
+
+
+# -- what to send ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """An envelope to sign, and where it goes."""
+
+    name: str
+    args: dict[str, Any]
+    desired: bool
+    valid_s: int
+
+
+def _light_pair(text: str) -> tuple[str, str]:
+    name, sep, mode = text.partition("=")
+    if not sep or not name or mode not in LIGHT_MODES:
+        raise UsageError(f"{text!r}: give LIGHT=MODE with MODE one of {', '.join(LIGHT_MODES)}")
+    return name, mode
+
+
+def _cmd_value(key: str, value: str) -> Any:
+    if key == "lights":
+        return [v for v in value.split(",") if v]
+    return int(value) if value.isdigit() else value
+
+
+def build(args: argparse.Namespace, now_ms: int) -> Message:
+    """The message a parsed ``send`` command line asks for; :class:`UsageError` otherwise."""
+    what = args.what
+    ttl = getattr(args, "ttl", None)
+    until = rfc3339_ms(now_ms + ttl * 1000) if ttl else None
+    if what == "level":
+        body: dict[str, Any] = {"level": args.level}
+        if until:
+            body["expires_at"] = until
+        msg = Message("level", body, True, DESIRED_VALID_S)
+    elif what == "lights":
+        lights = dict(_light_pair(p) for p in args.pairs)
+        body = {"lights": lights}
+        if until:
+            body["expires_at"] = until
+        msg = Message("lights", body, True, DESIRED_VALID_S)
+    elif what == "cards":
+        try:
+            doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise UsageError(f"cannot read {args.file}: {err.strerror or err}") from err
+        except ValueError as err:
+            raise UsageError(f"{args.file} is not JSON: {err}") from err
+        if isinstance(doc, list):
+            doc = {"cards": doc}
+        if not isinstance(doc, dict):
+            raise UsageError(f"{args.file}: give {{\"version\": N, \"cards\": [...]}} or a list")
+        if args.version is not None:
+            doc["version"] = args.version
+        if "version" not in doc:
+            raise UsageError(f"{args.file} has no version: add one or give --version N")
+        msg = Message("cards", doc, True, CARDS_VALID_S)
+    elif what == "cmd":
+        body = {}
+        for pair in args.params:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UsageError(f"{pair!r}: give KEY=VALUE, e.g. camera=front or seconds=30")
+            body[key] = _cmd_value(key, value)
+        msg = Message(args.name, body, False, CMD_VALID_S)
+    else:  # pragma: no cover - argparse allows nothing else
+        raise UsageError(f"nothing to send for {what!r}")
+    try:
+        validate_args(msg.name, msg.args)
+    except ArgsInvalid as err:
+        raise UsageError(str(err)) from err
+    valid_s = getattr(args, "valid_for", None) or msg.valid_s
+    return Message(msg.name, msg.args, msg.desired, valid_s)
+
+
+def destinations(msg: Message, site: str, units: Sequence[str]) -> list[str]:
+    """The topics an envelope goes to: each named unit's own, else the site's ``_all``."""
+    targets = list(units) or [topics.ALL_UNITS]
+    if msg.desired:
+        return [topics.desired(site, u, msg.name) for u in targets]
+    return [topics.cmd(site, u) for u in targets]
+
+
+# -- collecting answers ----------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    unit: str
+    result: str
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class Report:
+    """What the units said about one envelope."""
+
+    id: str
+    name: str
+    topics: list[str]
+    expected: set[str] = field(default_factory=set)    # units that should answer
+    online: set[str] = field(default_factory=set)      # from retained status
+    offline: set[str] = field(default_factory=set)
+    answers: dict[str, list[Answer]] = field(default_factory=dict)
+
+    def applied(self) -> list[str]:
+        return sorted(u for u, a in self.answers.items() if any(x.result == "applied" for x in a))
+
+    def rejected(self) -> list[Answer]:
+        return [x for u in sorted(self.answers) for x in self.answers[u]
+                if x.result == "rejected"]
+
+    def silent(self) -> list[str]:
+        return sorted(self.expected - set(self.answers))
+
+    def ok(self) -> bool:
+        return not self.rejected() and not self.silent()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "topics": self.topics,
+                "applied": self.applied(),
+                "rejected": [{"unit": a.unit, "reason": a.reason, "detail": a.detail}
+                             for a in self.rejected()],
+                "no_answer": self.silent(),
+                "offline": sorted(self.offline - set(self.answers))}
+
+
+class _Collector:
+    """Retained statuses (who exists) and command events naming our id, from paho's thread."""
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+        self.cond = threading.Condition()
+        self.status: dict[str, bool] = {}
+        self.answers: dict[str, list[Answer]] = {}
+        self.want: str | None = None
+
+    def filters(self) -> list[str]:
+        root = f"{topics.PREFIX}/{self.site}/+"
+        return [f"{root}/status", f"{root}/events/command"]
+
+    def __call__(self, msg: mqtt.MQTTMessage) -> None:
+        parsed = topics.parse(msg.topic)
+        if parsed is None or parsed.site != self.site or parsed.unit == topics.ALL_UNITS:
+            return
+        try:
+            doc = json.loads(bytes(msg.payload).decode("utf-8")) if msg.payload else None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return
+        if not isinstance(doc, dict):
+            return
+        with self.cond:
+            if parsed.channel == "status" and isinstance(doc.get("online"), bool):
+                self.status[parsed.unit] = doc["online"]
+            elif parsed.channel == "events":
+                data = doc.get("data")
+                if not isinstance(data, dict) or self.want is None or \
+                        data.get("command") != self.want or doc.get("unit") != parsed.unit:
+                    return
+                result = data.get("result")
+                if result not in ("applied", "rejected"):
+                    return
+                answer = Answer(parsed.unit, result, _text(data.get("reason")),
+                                _text(data.get("detail")))
+                seen = self.answers.setdefault(parsed.unit, [])
+                if answer not in seen:  # a resent event says the same again
+                    seen.append(answer)
+            self.cond.notify_all()
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def send(options: BrokerOptions, key: SigningKey, msg: Message, site: str,
+         units: Sequence[str], wait_s: float, now_ms: int | None = None) -> Report:
+    """Sign, publish and collect the units' answers for up to ``wait_s`` seconds."""
+    issued = int(time.time() * 1000) if now_ms is None else now_ms
+    env = key.sign_envelope(msg.name, msg.args, site=site, units=list(units) or ["*"],
+                            issued_at=rfc3339_ms(issued),
+                            expires_at=rfc3339_ms(issued + msg.valid_s * 1000))
+    payload = json.dumps(env, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    where = destinations(msg, site, units)
+    collector = _Collector(site)
+    report = Report(env["id"], msg.name, where)
+    with CentreSession(options, "xunfang_send", on_message=collector) as session:
+        session.connect()
+        with collector.cond:
+            collector.want = env["id"]
+        # Subscribed before publishing: no answer can slip past. The broker sends the
+        # retained statuses after the SUBACK and before it answers our PUBLISH.
+        if wait_s > 0:
+            session.subscribe(collector.filters())
+        for topic in where:
+            session.publish(topic, payload, retain=msg.desired)
+        with collector.cond:
+            known = dict(collector.status)
+        report.online = {u for u, up in known.items() if up}
+        report.offline = {u for u, up in known.items() if not up}
+        report.expected = set(units) if units else set(report.online)
+        if wait_s <= 0:
+            report.expected = set()
+            return report
+        deadline = time.monotonic() + wait_s
+        with collector.cond:
+            collector.cond.wait_for(
+                lambda: report.expected <= set(collector.answers) and bool(report.expected),
+                timeout=max(0.0, deadline - time.monotonic()))
+            report.answers = {u: list(a) for u, a in collector.answers.items()}
+    return report
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _summary_head(msg: Message, report: Report) -> str:
+    args = msg.args
+    if msg.name == "level":
+        what = f"level {args['level']}" + (f" until {args['expires_at']}"
+                                           if args.get("expires_at") else " (no end)")
+    elif msg.name == "lights":
+        what = "lights " + (" ".join(f"{k}={v}" for k, v in args["lights"].items()) or "(none)")
+        what += f" until {args['expires_at']}" if args.get("expires_at") else " (no end)"
+    elif msg.name == "cards":
+        what = f"cards version {args['version']} ({len(args['cards'])} card(s))"
+    else:
+        what = msg.name + "".join(f" {k}={v}" for k, v in args.items())
+    how = "retained on" if msg.desired else "sent to"
+    return f"{what}, id {report.id},\n  {how} {', '.join(report.topics)}"
+
+
+def print_report(msg: Message, report: Report, out: IO[str], waited: bool) -> None:
+    print(_summary_head(msg, report), file=out)
+    if not waited:
+        return
+    for unit in report.applied():
+        notes = [a for a in report.answers[unit] if a.result == "applied" and a.reason]
+        note = f"  ({notes[0].reason}: {notes[0].detail})" if notes and notes[0].detail else \
+            (f"  ({notes[0].reason})" if notes else "")
+        print(f"  applied    {unit}{note}", file=out)
+    for a in report.rejected():
+        print(f"  rejected   {a.unit}  {a.reason}{': ' + a.detail if a.detail else ''}", file=out)
+    for unit in report.silent():
+        state = "online" if unit in report.online else (
+            "offline" if unit in report.offline else "not known to the broker")
+        print(f"  no answer  {unit}  ({state})", file=out)
+    late = sorted(report.offline - set(report.answers) - report.expected)
+    for unit in late:
+        later = "gets it when it reconnects" if msg.desired else \
+            "queued by the broker if its session lives; may expire first"
+        print(f"  offline    {unit}  ({later})", file=out)
+    answered = set(report.answers)
+    total = len(report.expected | report.offline | answered)
+    print(f"{total} unit(s): {len(report.applied())} applied, {len(report.rejected())} rejected,"
+          f" {len(report.silent())} no answer, {len(late)} offline", file=out)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        options = options_from_args(args)
+        msg = build(args, int(time.time() * 1000))
+    except UsageError as err:
+        print(f"xunfang send: {err}", file=sys.stderr)
+        return 2
+    try:
+        key = load_signing_key(args.key)
+    except SignatureError as err:
+        print(f"xunfang send: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"xunfang send: cannot read key {args.key}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    units = list(dict.fromkeys(args.unit or []))
+    try:
+        report = send(options, key, msg, args.site, units, args.wait)
+    except SessionError as err:
+        print(f"xunfang send: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_report(msg, report, sys.stdout, args.wait > 0)
+    return 0 if report.ok() else 1
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    """``send clear NAME``: remove a retained desired document from the broker."""
+    try:
+        options = options_from_args(args)
+    except UsageError as err:
+        print(f"xunfang send: {err}", file=sys.stderr)
+        return 2
+    targets = list(dict.fromkeys(args.unit or [])) or [topics.ALL_UNITS]
+    try:
+        with CentreSession(options, "xunfang_send") as session:
+            session.connect()
+            for unit in targets:
+                topic = topics.desired(args.site, unit, args.name)
+                session.publish(topic, b"", retain=True)
+                print(f"cleared the retained document on {topic} (units keep what they "
+                      "applied; send a new document to change it)")
+    except SessionError as err:
+        print(f"xunfang send: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def _common(with_key: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--site", type=site_name, required=True, help="the units' site")
+    p.add_argument("--unit", type=site_name, action="append", metavar="UNIT",
+                   help="only this unit (repeat for several); default: the whole site")
+    if with_key:
+        p.add_argument("--key", required=True, metavar="FILE",
+                       help="the centre's private key file (xunfang keys new)")
+        p.add_argument("--wait", type=float, default=DEFAULT_WAIT_S, metavar="SECONDS",
+                       help=f"wait this long for the units' answers ({DEFAULT_WAIT_S:g}; "
+                            "0: do not wait)")
+        p.add_argument("--valid-for", type=parse_duration, metavar="DURATION",
+                       help="how long units may apply the message (default 5m for cmd, 30d "
+                            "for level and lights, 365d for cards)")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_broker_arguments(p)
+    return p
+
+
+def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "send", help="sign and send a command or desired state to units (command centre)",
+        description="Sign a desired document (level, lights, cards) or a one-shot command "
+                    "with the centre's key, publish it, and report which units applied it.")
+    sub = p.add_subparsers(dest="what", metavar="{level,lights,cards,cmd,clear}", required=True)
+    common = _common()
+
+    lv = sub.add_parser("level", parents=[common], help="set the alert level (1 highest, 3 normal)")
+    lv.add_argument("level", type=int, choices=[1, 2, 3])
+    lv.add_argument("--ttl", type=parse_duration, metavar="DURATION",
+                    help="how long the level lasts (e.g. 6h); default: until replaced")
+    lv.set_defaults(func=cmd_send)
+
+    li = sub.add_parser("lights", parents=[common], help="override lights: NAME=MODE ...")
+    li.add_argument("pairs", nargs="*", metavar="LIGHT=MODE",
+                    help=f"modes: {', '.join(LIGHT_MODES)}; none at all cancels the override")
+    li.add_argument("--ttl", type=parse_duration, metavar="DURATION",
+                    help="how long the override lasts (e.g. 2h); default: until replaced")
+    li.set_defaults(func=cmd_send)
+
+    ca = sub.add_parser("cards", parents=[common], help="send a card list (JSON file)")
+    ca.add_argument("file", metavar="FILE.json",
+                    help='{"version": N, "cards": [{"card", "badge", "role", ...}]} or a list')
+    ca.add_argument("--version", type=int, help="the list's version (overrides the file's)")
+    ca.set_defaults(func=cmd_send)
+
+    cm = sub.add_parser("cmd", parents=[common], help="a one-shot action: rebirth, snapshot, "
+                                                      "clip, lights.test")
+    cm.add_argument("name", choices=list(CMD_NAMES))
+    cm.add_argument("params", nargs="*", metavar="KEY=VALUE",
+                    help="camera=NAME, seconds=N, lights=A,B")
+    cm.set_defaults(func=cmd_send)
+
+    cl = sub.add_parser("clear", parents=[_common(with_key=False)],
+                        help="remove a retained desired document from the broker")
+    cl.add_argument("name", choices=["level", "cards", "lights"])
+    cl.set_defaults(func=cmd_clear)
+    return p
+
