@@ -74,13 +74,13 @@ from .patrol import (
 )
 from .runtime import UnitContext
 from .station import StationPart
+from .statusfile import STATUS_NAME, read_status, write_status
 
 log = logging.getLogger("xunfang.checkin")
 
 __all__ = ["STATUS_NAME", "CheckinPart", "read_status", "reader_key", "sim_link_path",
            "sim_reader_config", "write_status"]
 
-STATUS_NAME = "station.json"
 #: Taps that could not be recorded, kept in the status file (newest last).
 MAX_UNRECORDED = 20
 
@@ -106,27 +106,6 @@ def sim_reader_config(config: UnitConfig, reader: ReaderConfig) -> ReaderConfig:
         return reader
     path = sim_link_path(config, reader)
     return reader.model_copy(update={"port": f"sim://{fmt}?link={quote(str(path))}"})
-
-
-def write_status(path: Path, doc: dict[str, Any]) -> None:
-    """Replace the status file atomically (a reader never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def read_status(runtime_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The station's status file, or None when there is none (or it is unreadable)."""
-    try:
-        doc = json.loads((Path(runtime_dir) / STATUS_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _health_signature(health: dict[str, Any]) -> str:

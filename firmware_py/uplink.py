@@ -79,6 +79,7 @@ from .exc import JournalError, SignatureError
 from .journal import Event
 from .runtime import Component, UnitContext
 from .signing import public_key_from_b64, verify_envelope
+from .statusfile import read_status
 
 __all__ = ["BrokerState", "EnvelopeEncoder", "MessageHandler", "UplinkComponent"]
 
@@ -1133,6 +1134,8 @@ class UplinkComponent(Component):
             "boot_id": self.clock.boot_id(),
             "level": self._level(),
             "cards_version": self._cards_version(),
+            "lights": {name: dev["state"] for name, dev in
+                       self._devices("lights", list(self.ctx.config.lights)).items()},
             # The ledger starts a journal it has never seen after acked_seq.
             "journal": self.journal_id,
             "acked_seq": self._acked,
@@ -1151,9 +1154,50 @@ class UplinkComponent(Component):
         try:
             report = self.health_report()
         except JournalError as err:
-            self.log.error("cannot build the health report: %s", err)
-            return
+            # The journal is what failed: say so through health, which needs no journal.
+            self.log.error("cannot read the journal for the health report: %s", err)
+            report = self.health_without_journal(str(err))
         self._publish_control(self.health_topic, lambda: _compact(report), "health")
+
+    def station_status(self) -> dict[str, Any] | None:
+        """The station's own word on its journal writes (``statusfile``), or None."""
+        doc = read_status(self.ctx.config.unit.runtime_dir)
+        if doc is None:
+            return None
+        journal = doc.get("journal") if isinstance(doc.get("journal"), dict) else {}
+        unrecorded = doc.get("unrecorded")
+        return {
+            "journal": {k: journal.get(k) for k in ("state", "last_error", "since", "failures")},
+            "unrecorded_taps": len(unrecorded) if isinstance(unrecorded, list) else 0,
+            "ts": doc.get("ts"),
+            "stopped": bool(doc.get("stopped")),
+        }
+
+    def health_without_journal(self, error: str) -> dict[str, Any]:
+        """Health when the journal cannot be read: what is known without it."""
+        cfg = self.ctx.config
+        try:
+            disk_free_mb: float | None = round(
+                shutil.disk_usage(cfg.unit.data_dir).free / 2**20, 1)
+        except OSError:
+            disk_free_mb = None
+        unknown = {"state": "unknown"}
+        return {
+            "ts": rfc3339_ms(self.clock.wall_ms()),
+            "uptime_s": round(time.monotonic() - self._started_mono, 3),
+            "level": 3,
+            "clock_synced": self.clock.synced(),
+            "pending": max(0, self._sent_high - self._acked),
+            "oldest_pending_s": None,
+            "disk_free_mb": disk_free_mb,
+            "acks_rejected": self.acks_rejected,
+            "centre_ack": self.mqtt_cfg.centre_ack,
+            "journal": {"id": self.journal_id, "error": error},
+            "station": self.station_status(),
+            "readers": {r.name: unknown for r in cfg.readers},
+            "lights": {name: unknown for name in cfg.lights},
+            "cameras": {c.name: unknown for c in cfg.cameras},
+        }
 
     def _pending(self) -> int:
         try:
@@ -1217,6 +1261,7 @@ class UplinkComponent(Component):
                         "bytes": j.size_bytes()},
             "uplink": self._counters(),
             "commands": dict(self.commands.counters),
+            "station": self.station_status(),
             "readers": self._devices("readers", [r.name for r in cfg.readers]),
             "lights": self._devices("lights", list(cfg.lights)),
             "cameras": self._devices("cameras", [c.name for c in cfg.cameras]),

@@ -22,9 +22,11 @@ import firmware_py.uplink as uplink_mod
 from firmware_py import __version__, topics
 from firmware_py.journal import Event
 from firmware_py.signing import SigningKey
+from firmware_py.statusfile import STATUS_NAME, write_status
 from firmware_py.uplink import EnvelopeEncoder
 from tests.support.brokers import Mosquitto
 from tests.support.pki import make_pki
+from tests.support.schemas import validate
 from tests.support.uplink import (
     ACK_KEY_NAME,
     SITE,
@@ -437,6 +439,36 @@ def test_health_reports_the_unit_and_its_devices_and_repeats(
     second = wait_until(lambda: w.on("health")[1:], 8, "the next health report")[0]
     assert second.doc["ts"] > doc["ts"] and second.doc["pending"] == 0
     assert second.doc["oldest_pending_s"] is None
+
+
+def test_a_failing_journal_reaches_the_centre_through_health_by_the_status_file(
+        mosquitto: Mosquitto, rigs: Callable[..., UnitRig]) -> None:
+    # Invariant 1: the station could not record a tap; the centre must hear of it.
+    rig = rigs(mosquitto.port, mqtt={"health_interval_s": 5},
+               lights={"warning": {"pins": [17]}})
+    runtime_dir = rig.config.unit.runtime_dir
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    write_status(runtime_dir / STATUS_NAME, {
+        "journal": {"state": "failing", "last_error": "database or disk is full",
+                    "since": "2026-11-28T03:00:00.000Z", "failures": 3},
+        "unrecorded": [{"card": "14008EC793"}, {"card": "0000000457"}],
+        "ts": "2026-11-28T03:00:05.000Z", "stopped": False,
+    })
+    rig.journal.state_set("device/lights/warning", {"state": "strobe"})
+    w = watch(mosquitto)
+    up = rig.start()
+    doc = wait_until(lambda: w.on("health"), 5, "health after connect")[0].doc
+    assert doc["station"]["journal"]["state"] == "failing"
+    assert doc["station"]["journal"]["last_error"] == "database or disk is full"
+    assert doc["station"]["unrecorded_taps"] == 2
+    birth = wait_until(lambda: [s for s in w.on("status") if s.doc.get("online")], 5,
+                       "the birth")[0].doc
+    assert birth["lights"] == {"warning": "strobe"}
+    # When the uplink cannot read the journal either, health still goes out.
+    fallback = up.health_without_journal("disk I/O error")
+    validate("health", fallback)
+    assert fallback["journal"]["error"] == "disk I/O error"
+    assert fallback["station"]["unrecorded_taps"] == 2
 
 
 def test_health_is_not_journaled_and_accepted_acks_are_not_either(
