@@ -360,9 +360,26 @@ class JournaldFormatter(logging.Formatter):
         return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when the
+    handler was made: a tool run inside another program (a test, an embedding
+    service) that swaps stderr never leaves threads writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr: bare lines with priorities under systemd, timestamps elsewhere."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournaldFormatter("%(name)s: %(message)s"))
     else:
