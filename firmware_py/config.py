@@ -333,6 +333,9 @@ class CameraConfig(Section):
     stall_s: float = Field(default=5.0, gt=0, le=300)
     # Frames analysed and recorded per second, at most (the camera may send more).
     fps: float = Field(default=10.0, gt=0, le=60)
+    # Resolution to ask a USB/V4L2 camera for (MJPEG); None: the camera's default.
+    width: int | None = Field(default=None, ge=160, le=4096)
+    height: int | None = Field(default=None, ge=120, le=4096)
     # -- motion (camera/motion.py) --
     motion_rows: int = Field(default=100, ge=40, le=480)
     motion_threshold: int = Field(default=25, ge=1, le=255)
@@ -377,6 +380,8 @@ class CameraConfig(Section):
 
     @model_validator(mode="after")
     def _clip_lengths(self) -> CameraConfig:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together: set both or neither")
         for key in ("pre_roll_s", "post_roll_s"):
             if getattr(self, key) >= self.max_clip_s:
                 raise ValueError(f"{key} ({getattr(self, key)}) must be below max_clip_s "

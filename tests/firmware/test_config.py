@@ -103,6 +103,32 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
     ("duty key", {"duty": {"handover_s": 60}}, "duty.handover_s: unknown key"),
     ("camera source", {"cameras": [{"name": "gate", "source": ""}]},
      "cameras[0].source: string should have at least 1 character"),
+    ("camera codec", {"cameras": [{"name": "gate", "source": "0", "codec": "h264"}]},
+     'cameras[0].codec: must be one of "mjpeg", "mp4v", got "h264"'),
+    ("camera mask corner", {"cameras": [{"name": "gate", "source": "0",
+                                         "masks": [[[0, 0], [1.5, 0], [0.5, 0.5]]]}]},
+     "cameras[0].masks[0][1][0]: must be at most 1.0, got 1.5"),
+    ("camera mask corners", {"cameras": [{"name": "gate", "source": "0",
+                                          "masks": [[[0, 0], [0.5, 0]]]}]},
+     "cameras[0].masks[0]: list should have at least 3 items"),
+    ("camera sensitivity level", {"cameras": [{"name": "gate", "source": "0",
+                                               "sensitivity": {"4": 2.0}}]},
+     "cameras[0].sensitivity[4]: must be one of 1, 2, 3, got 4"),
+    ("camera sensitivity", {"cameras": [{"name": "gate", "source": "0",
+                                         "sensitivity": {"1": 0}}]},
+     "cameras[0].sensitivity[1]: must be more than 0"),
+    ("camera pre-roll", {"cameras": [{"name": "gate", "source": "0", "pre_roll_s": 10,
+                                      "max_clip_s": 8}]},
+     "cameras[0]: pre_roll_s (10.0) must be below max_clip_s (8.0)"),
+    ("camera continuous level", {"cameras": [{"name": "gate", "source": "0",
+                                              "continuous_levels": [0]}]},
+     "cameras[0].continuous_levels[0]: must be one of 1, 2, 3, got 0"),
+    ("camera memory", {"cameras": [{"name": "gate", "source": "0", "memory_mb": 16}]},
+     "cameras[0].memory_mb: must be at least 64, got 16"),
+    ("camera size pair", {"cameras": [{"name": "gate", "source": "0", "width": 1280}]},
+     "cameras[0]: width and height go together"),
+    ("camera unknown key", {"cameras": [{"name": "gate", "source": "0", "preroll_s": 5}]},
+     "cameras[0].preroll_s: unknown key"),
     ("journal size", {"journal": {"max_mb": 0}}, "journal.max_mb: must be at least 1, got 0"),
 ]
 
@@ -241,3 +267,25 @@ def test_inputs_rules_name_their_key(tmp_path: Path, inputs: dict[str, Any],
                                      expected: str) -> None:
     found = problems(tmp_path, inputs=inputs)
     assert any(line.startswith(expected) for line in found), found
+
+
+def test_camera_keys_have_working_defaults_and_take_toml_level_tables(tmp_path: Path) -> None:
+    cfg = parse_config(merge(base_document(tmp_path), {"cameras": [
+        {"name": "gate", "source": "rtsp://192.0.2.10:554/stream1",
+         "sensitivity": {"1": 2.0, "3": 1.0}, "masks": [[[0, 0], [0.25, 0], [0.25, 1]]]},
+    ]}))
+    cam = cfg.cameras[0]
+    assert cam.sensitivity == {1: 2.0, 3: 1.0}
+    assert (cam.pre_roll_s, cam.post_roll_s, cam.codec, cam.continuous_levels) == \
+        (5.0, 5.0, "mjpeg", [1])
+    assert cam.masks == [[[0.0, 0.0], [0.25, 0.0], [0.25, 1.0]]]
+
+
+def test_a_camera_config_survives_the_json_trip_to_its_worker(tmp_path: Path) -> None:
+    """The camera daemon hands its worker the config as JSON (camera/worker.py)."""
+    import json
+
+    cfg = parse_config(merge(base_document(tmp_path), {"cameras": [
+        {"name": "gate", "source": "0", "sensitivity": {"1": 2.0}}]}))
+    again = parse_config(json.loads(json.dumps(cfg.model_dump(mode="json"))))
+    assert again.cameras == cfg.cameras
