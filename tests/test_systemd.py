@@ -240,6 +240,8 @@ def test_camera_devices_and_groups() -> None:
     u = unit("xunfang-camera.service")
     assert u["Service"]["DeviceAllow"] == ["char-video4linux rw"]
     assert words(u, "Service", "SupplementaryGroups") == ["video"]
+    # A memory blow-up in OpenCV stays inside the camera's cgroup.
+    assert u["Service"]["MemoryMax"] == ["600M"]
 
 
 def test_uplink_has_no_hardware() -> None:
