@@ -323,7 +323,7 @@ def _resume(session: CentreSession, filters: list[str], out: IO[str],
             session.subscribe(filters)
         except SessionError:
             stop.wait(backoff)
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, 2.0)  # a live view: back soon after the broker
             continue
         out.write(f"-- reconnected to {session.options}\n")
         out.flush()
