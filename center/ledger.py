@@ -108,6 +108,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from center.session import broker_address, site_name
 from firmware_py import topics
 from firmware_py.clock import Clock, SystemClock, rfc3339_ms
 from firmware_py.exc import SignatureError, XunfangError
@@ -1535,23 +1536,6 @@ class Ledger:
 # -- CLI ------------------------------------------------------------------------------------
 
 
-def _broker(text: str) -> tuple[str, int | None]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: give HOST:PORT, e.g. broker.centre:8883")
-    return host, int(port)
-
-
-def _site(text: str) -> str:
-    if not topics.NAME_RE.match(text):
-        raise argparse.ArgumentTypeError(f"site {text!r} must match {topics.NAME_RE.pattern}")
-    return text
-
-
 def _fail(message: str, code: int = 1) -> int:
     print(f"xunfang ledger: {message}", file=sys.stderr)
     return code
@@ -1671,9 +1655,9 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
                      "database and publish signed acks of the contiguous prefix held. "
                      "'gaps' and 'stats' read the database."),
     )
-    p.add_argument("--broker", type=_broker, metavar="HOST:PORT",
+    p.add_argument("--broker", type=broker_address, metavar="HOST:PORT",
                    help="MQTT broker (port 1883, or 8883 with TLS, if left out)")
-    p.add_argument("--site", type=_site, help="the site whose units this ledger serves")
+    p.add_argument("--site", type=site_name, help="the site whose units this ledger serves")
     p.add_argument("--db", metavar="FILE", help="ledger database (created if missing)")
     p.add_argument("--key", metavar="FILE",
                    help="private key the acks are signed with (xunfang keys new)")
@@ -1693,7 +1677,7 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
                        description="Per unit and journal: the acked prefix, the missing runs "
                                    "above it and the runs acknowledged before this ledger.")
     g.add_argument("--db", metavar="FILE", required=True, help="ledger database")
-    g.add_argument("--unit", type=_site, help="only this unit")
+    g.add_argument("--unit", type=site_name, help="only this unit")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_gaps)
 

@@ -7,13 +7,14 @@ the timing table of :mod:`drivers.lights`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin
+
+from tests.support.uplink import wait_until as _wait_until
 
 
 @contextmanager
@@ -48,14 +49,7 @@ def changes(pin: Any, since: float = 0.0) -> list[tuple[float, bool]]:
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
     """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(step)
+    return _wait_until(predicate, timeout, str(predicate), step=step)
 
 
 class ContactPin(MockPin):

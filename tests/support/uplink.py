@@ -46,7 +46,8 @@ COMMAND_KEY_NAME = "centre-test"
 _POLL_S = 0.01
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               step: float = _POLL_S) -> Any:
     """Poll ``predicate`` until it returns something truthy; AssertionError at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -55,7 +56,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(_POLL_S)
+        time.sleep(step)
 
 
 def alarm(i: int) -> dict[str, Any]:
