@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .clock import Clock, SystemClock, rfc3339_ms
 from .exc import JournalCorrupt, JournalError, JournalWriteFailed
@@ -133,6 +133,33 @@ class Event:
         if resent:
             env["resent"] = True
         return env
+
+
+class EventRow(NamedTuple):
+    """One event as stored, its data still the JSON text the journal wrote.
+
+    For a reader that passes events on without looking into their data (the
+    uplink splices the text into the envelope it publishes). Parsing the data
+    and building an :class:`Event` are most of what :meth:`Journal.events_after`
+    costs per event; this skips both. ``data_json`` is the text
+    :meth:`Journal.append` stored: compact JSON with sorted keys (``_json``).
+    """
+
+    seq: int
+    kind: str
+    unit: str
+    site: str
+    ts_ms: int
+    boot_id: str
+    mono: float
+    clock_synced: int  # as stored: 0 or 1
+    data_json: str
+
+    def to_event(self, journal_id: str) -> Event:
+        """The :class:`Event` that :meth:`Journal.events_after` returns for this row."""
+        return Event(self.seq, self.kind, self.unit, self.site, journal_id, self.ts_ms,
+                     self.boot_id, self.mono, bool(self.clock_synced),
+                     json.loads(self.data_json))
 
 
 @dataclass(frozen=True)
@@ -393,6 +420,16 @@ class Journal:
             self._check_open()
             rows = self._db.execute(sql, params).fetchall()
         return [self._row_to_event(r) for r in rows]
+
+    def event_rows_after(self, seq: int, limit: int = 500) -> list[EventRow]:
+        """:meth:`events_after` as stored rows (:class:`EventRow`), data left unparsed."""
+        with self._lock:
+            self._check_open()
+            rows = self._db.execute(
+                f"SELECT {self._EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return list(map(EventRow._make, rows))
 
     def event(self, seq: int) -> Event | None:
         with self._lock:

@@ -71,6 +71,28 @@ def test_append_stamps_the_envelope_from_the_injected_clock(journal: Journal) ->
     assert stored is not None and stored.envelope() == env
 
 
+
+def test_event_rows_are_the_events_with_their_data_as_stored(journal: Journal,
+                                                             clock: ManualClock) -> None:
+    journal.append("checkin", {"visit": None, "card": "14008EC793", "n": [1.5, 2]})
+    clock.set_wall(1_800_000_000_000, synced=True)
+    journal.append("alarm", {"source": "panic", "label": "东门"})
+    journal.append("unit", {})
+    rows = journal.event_rows_after(0)
+    assert [r.to_event(journal.journal_id) for r in rows] == journal.events_after(0)
+    # Compact, sorted keys, not ASCII-escaped: what append() wrote.
+    assert [r.data_json for r in rows] == [
+        '{"card":"14008EC793","n":[1.5,2],"visit":null}',
+        '{"label":"东门","source":"panic"}',
+        "{}",
+    ]
+    assert (rows[0].clock_synced, rows[1].clock_synced) == (0, 1)
+    assert [r.seq for r in journal.event_rows_after(1, limit=1)] == [2]
+    assert journal.event_rows_after(3) == []
+    journal.close()
+    with pytest.raises(JournalError, match="closed"):
+        journal.event_rows_after(0)
+
 def test_clock_sync_state_is_recorded_per_event(journal: Journal, clock: ManualClock) -> None:
     first = journal.append("unit", {"state": "started"})
     clock.set_wall(1_800_000_000_000, synced=True)

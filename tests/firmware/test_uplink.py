@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 import firmware_py.uplink as uplink_mod
 from firmware_py import __version__, topics
-from firmware_py.journal import Event
+from firmware_py.journal import Event, EventRow, Journal
+from firmware_py.journal import _json as stored_json
 from firmware_py.signing import SigningKey
 from firmware_py.statusfile import STATUS_NAME, write_status
 from firmware_py.uplink import EnvelopeEncoder
@@ -633,3 +635,97 @@ def test_the_fast_envelope_encoder_falls_back_when_the_envelope_changes(
     assert json.loads(encoder.encode(event, False))["new_field"] == 1  # the first is checked
     assert encoder.fallback and "differs" in caplog.text
     assert json.loads(encoder.encode(event, True))["new_field"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seq=st.integers(1, 2**53),
+    kind=st.from_regex(r"\A[a-z][a-z0-9_]{0,31}\Z"),
+    unit=st.text(max_size=12),
+    site=st.text(max_size=12),
+    ts_ms=st.integers(0, 2**42),
+    boot_id=st.text(max_size=40),
+    mono=st.floats(0, 1e9) | st.integers(0, 10**6),
+    synced=st.integers(0, 1),
+    data=st.dictionaries(st.text(max_size=10), _json | st.floats(), max_size=6),
+    resent=st.booleans(),
+)
+def test_a_journal_row_encodes_byte_for_byte_as_its_event(
+        seq: int, kind: str, unit: str, site: str, ts_ms: int, boot_id: str, mono: float,
+        synced: int, data: dict[str, object], resent: bool) -> None:
+    # data_json as the journal stores it; the reference is what the uplink published
+    # before rows: the Event that events_after() makes of the same row.
+    row = EventRow(seq, kind, unit, site, ts_ms, boot_id, float(mono), synced,
+                   stored_json(data))
+    event = row.to_event("0123456789abcdef")
+    encoder = EnvelopeEncoder(check_every=10**9)  # no self-check: compare here instead
+    reference = json.dumps(event.envelope(resent=resent), ensure_ascii=False,
+                           separators=(",", ":")).encode()
+    assert encoder.encode_row(row, "0123456789abcdef", resent) == reference
+    assert encoder.encode(event, resent) == reference
+    assert not encoder.fallback
+
+
+def test_rows_read_from_a_journal_encode_as_the_events_read_from_it(tmp_path: Path) -> None:
+    awkward: list[dict[str, object]] = [
+        {"z": 1, "a": {"y": [1.5, -0.0, 1e300, 2**70], "b": None}, "é": "ü\u2028\x7f"},
+        {"quote": '"\\/\n\t\x00', "nan": float("nan"), "inf": float("-inf"), "": True},
+        {"10": "ten", "9": "nine", "emoji": "\U0001f600", "nested": [{"b": 1, "a": 2}]},
+        {},
+    ]
+    with Journal(tmp_path / "journal.db", unit='zt"pp\\03', site="zhuàntang") as j:
+        for data in awkward * 3:
+            j.append("checkin", data)
+        rows = j.event_rows_after(0, limit=100)
+        events = j.events_after(0, limit=100)
+        assert [r.to_event(j.journal_id) for r in rows] == events
+        fast, reference = EnvelopeEncoder(check_every=1), EnvelopeEncoder(check_every=10**9)
+        for row, event in zip(rows, events, strict=True):
+            for resent in (False, True):
+                assert fast.encode_row(row, j.journal_id, resent) == \
+                    reference.encode(event, resent)
+        assert not fast.fallback  # every one of them was checked against the reference
+
+
+def test_a_row_whose_data_is_not_as_the_journal_writes_it_makes_the_encoder_fall_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Spaces and unsorted keys: valid JSON, but not byte for byte what the encoder
+    # would write; the periodic check must notice and switch to the reference.
+    row = EventRow(1, "alarm", UNIT, SITE, 1_795_000_000_123, "b", 1.5, 1,
+                   '{"state": "active", "source": "panic"}')
+    encoder = EnvelopeEncoder(check_every=1000)
+    first = encoder.encode_row(row, "0123456789abcdef", False)  # the first is checked
+    assert encoder.fallback and "differs" in caplog.text
+    expected = json.dumps(row.to_event("0123456789abcdef").envelope(), ensure_ascii=False,
+                          separators=(",", ":")).encode()
+    assert first == expected
+    assert encoder.encode_row(row, "0123456789abcdef", False) == expected
+
+
+def test_the_row_encoder_falls_back_when_the_envelope_changes(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    row = EventRow(1, "alarm", UNIT, SITE, 1_795_000_000_123, "b", 1.5, 1,
+                   '{"source":"panic","state":"active"}')
+    original = Event.envelope
+
+    def grown(self: Event, resent: bool = False) -> dict[str, object]:
+        return {**original(self, resent), "new_field": 1}
+
+    monkeypatch.setattr(Event, "envelope", grown)
+    encoder = EnvelopeEncoder(check_every=1000)
+    assert json.loads(encoder.encode_row(row, "0123456789abcdef", False))["new_field"] == 1
+    assert encoder.fallback and "differs" in caplog.text
+    assert json.loads(encoder.encode_row(row, "0123456789abcdef", True))["new_field"] == 1
+
+
+def test_corking_is_harmless_where_it_does_not_apply() -> None:
+    # The uplink corks its socket around a burst of publishes; a socket that is not
+    # TCP, or none at all, must simply be left alone.
+    a, b = socket.socketpair()
+    with a, b:
+        uplink_mod._set_cork(a, True)
+        uplink_mod._set_cork(a, False)
+        a.sendall(b"x")
+        assert b.recv(1) == b"x"
+    uplink_mod._set_cork(None, True)
+
