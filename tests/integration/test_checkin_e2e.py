@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ from firmware_py.journal import Journal
 from firmware_py.signing import SigningKey
 from firmware_py.sim import tap
 from tests.support.brokers import Mosquitto
+from tests.support.daemon import Daemon
 from tests.support.units import write_unit_config
 from tests.support.uplink import SITE, UNIT, Watcher, wait_until
 
@@ -37,35 +35,9 @@ XUNFANG = Path(sys.executable).parent / "xunfang"
 PO1, PA1, VI1 = "14008EC793", "0000000457", "0000000458"
 
 
-class Unit:
-    """``xunfang run -c FILE`` as a child process."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        prefix = [p, "--pdeathsig", "KILL"] if (p := shutil.which("setpriv")) else []
-        env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONUNBUFFERED="1")
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([*prefix, str(XUNFANG), "run", "-c", str(self.config)],
-                                         stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+def Unit(config: Path, log: Path) -> Daemon:
+    """``xunfang run -c FILE`` (all components) on mock pins."""
+    return Daemon(config, log, env={"GPIOZERO_PIN_FACTORY": "mock"})
 
 
 @pytest.fixture

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +28,7 @@ from center.ledger import Ledger, TlsFiles
 from firmware_py.signing import SigningKey
 from tests.support import schemas
 from tests.support.brokers import Mosquitto, NatsServer, render_acl
+from tests.support.daemon import Daemon
 from tests.support.uplink import SITE, UNIT, UnitRig, Watcher, alarm, wait_until
 
 Factory = Callable[..., Mosquitto]
@@ -184,48 +183,14 @@ def test_broker_outage_loses_nothing_and_keeps_order(
 # -- (b) the uplink daemon SIGKILLed ------------------------------------------------------------
 
 
-class Daemon:
-    """``xunfang run -c FILE uplink`` as a child process, as systemd runs it."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.log = config, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        prefix = [p, "--pdeathsig", "KILL"] if (p := shutil.which("setpriv")) else []
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*prefix, str(XUNFANG), "run", "-c", str(self.config), "uplink"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                start_new_session=True)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
 def test_uplink_daemon_killed_mid_stream_loses_nothing(
         mosquitto: Mosquitto, rigs: Callable[..., UnitRig], ledgers: Callable[..., Ledger],
         tmp_path: Path) -> None:
     rig = rigs(mosquitto.port, mqtt={"resend_after_s": 5})
     ledger = ledgers(mosquitto, rig.ack_key)
     watcher = Watcher(mosquitto.probe(None, client_id="watch"))
-    daemon = Daemon(rig.write_config(tmp_path / "unit.toml"), tmp_path / "uplink.log")
+    daemon = Daemon(rig.write_config(tmp_path / "unit.toml"), tmp_path / "uplink.log",
+                    ("uplink",))
     daemon.start()
     try:
         appender = Appender(rig, 1500).start()
