@@ -1,7 +1,7 @@
 """A PN532 on the far side of a pty, speaking HSU frames as NXP UM0701-02 §6.2 describes.
 
 A test peer, not a stub of the driver: it is written from the wire-format
-facts (``shared/reference/wire-formats.md``) with its own frame code, and the
+facts of NXP UM0701-02 (as docs/readers.md lists them) with its own frame code, and the
 driver under test talks to it through a real pty opened by pyserial. Like the
 chip it
 
