@@ -323,19 +323,33 @@ def test_send_clear_removes_the_retained_document_and_units_ignore_it(
 # -- watch -------------------------------------------------------------------------------------
 
 
+class LiveWatch:
+    """``watch`` on the site in a thread, as an operator's terminal runs it."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.out = io.StringIO()
+        self.stop = threading.Event()
+        self.lines: list[str] = []
+        self.session = CentreSession(BrokerOptions("127.0.0.1", broker.port), "xunfang_watch")
+        self.session.connect()
+        self.subscribed = threading.Event()
+        self.thread = threading.Thread(
+            target=watch, args=(self.session, [f"xunfang/v1/{SITE}/#"], self.out),
+            kwargs={"stop": self.stop, "on_line": self.lines.append,
+                    "on_subscribed": self.subscribed.set}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.session.close()
+
+
 def test_watch_shows_every_message_as_one_line_and_survives_garbage(
         mosquitto: Mosquitto, units: Callable[..., UnitRig],
         centre_key: tuple[SigningKey, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    out = io.StringIO()
-    stop = threading.Event()
-    lines: list[str] = []
-    session = CentreSession(BrokerOptions("127.0.0.1", mosquitto.port), "xunfang_watch")
-    session.connect()
-    subscribed = threading.Event()
-    t = threading.Thread(target=watch, args=(session, [f"xunfang/v1/{SITE}/#"], out),
-                         kwargs={"stop": stop, "on_line": lines.append,
-                                 "on_subscribed": subscribed.set}, daemon=True)
-    t.start()
+    live = LiveWatch(mosquitto)
+    out, lines, subscribed, t = live.out, live.lines, live.subscribed, live.thread
     try:
         assert subscribed.wait(10)
         rig = units(mosquitto.port, UNITS[0])
@@ -353,9 +367,7 @@ def test_watch_shows_every_message_as_one_line_and_survives_garbage(
         wait_until(lambda: any(" level " in line and "→1" in line for line in lines), 10,
                    "the level event shown")
     finally:
-        stop.set()
-        t.join(10)
-        session.close()
+        live.close()
     assert not t.is_alive()
     text = out.getvalue()
     shown = text.splitlines()
@@ -372,16 +384,8 @@ def test_watch_shows_every_message_as_one_line_and_survives_garbage(
 
 def test_watch_says_when_the_broker_goes_and_carries_on_when_it_returns(
         mosquitto: Mosquitto) -> None:
-    out = io.StringIO()
-    stop = threading.Event()
-    lines: list[str] = []
-    session = CentreSession(BrokerOptions("127.0.0.1", mosquitto.port), "xunfang_watch")
-    session.connect()
-    subscribed = threading.Event()
-    t = threading.Thread(target=watch, args=(session, [f"xunfang/v1/{SITE}/#"], out),
-                         kwargs={"stop": stop, "on_line": lines.append,
-                                 "on_subscribed": subscribed.set}, daemon=True)
-    t.start()
+    live = LiveWatch(mosquitto)
+    out, lines, subscribed = live.out, live.lines, live.subscribed
     status = json.dumps({"online": False, "unit": "zt-pp-09", "site": SITE}).encode()
     try:
         assert subscribed.wait(10)
@@ -392,9 +396,7 @@ def test_watch_says_when_the_broker_goes_and_carries_on_when_it_returns(
         wait_until(lambda: any("zt-pp-09" in line for line in lines), 10,
                    "a message after the restart shown")
     finally:
-        stop.set()
-        t.join(10)
-        session.close()
+        live.close()
     text = out.getvalue()
     assert "reconnecting to" in text
     assert text.index("reconnecting to") < text.index("reconnected") < text.index("zt-pp-09")
