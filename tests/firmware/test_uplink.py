@@ -70,9 +70,12 @@ def test_birth_is_retained_and_names_the_journal_position(
     rig = rigs(mosquitto.port)
     rig.append(3)
     rig.journal.mark_acked(2)
+    early = watch(mosquitto, "early")
     rig.start()
     rig.wait_connected()
-    # A subscriber that comes later gets the birth from the broker's retained store.
+    # Once the broker has passed the birth on, it holds it retained: a subscriber that
+    # comes later gets it from the retained store, not live.
+    early.wait_status(online=True)
     late = watch(mosquitto, "late")
     birth = late.wait_status(online=True)
     assert birth.retain
