@@ -1376,11 +1376,13 @@ class Ledger:
                 deltas["malformed"] += 1
                 continue
             if not self._listed(parsed.unit):
+                if parsed.channel == "events":
+                    deltas["received"] += 1
                 if parsed.channel in ("events", "status") and msg.payload:
-                    deltas["received"] += parsed.channel == "events"
                     deltas["unknown_unit"] += 1
                     unlisted.append((msg, self._refuse_unknown(msg, parsed.unit)))
-                # Anything else of it (an old ack of ours) is not evidence either.
+                # An ack of ours on its topic (from before it left the inventory) is
+                # no evidence either: nothing of that unit is taken.
                 continue
             if parsed.channel != "events":
                 others.append((msg, parsed))
@@ -1551,7 +1553,8 @@ class Ledger:
             verify_envelope(doc, self._own_keys)
         except (Rejected, SignatureError) as err:
             # Another key (rotated, or another ledger): not evidence for us.
-            log.debug("retained ack on %s is not this ledger's: %s", msg.topic, err)
+            log.debug("retained ack on %s is not this ledger's: %s", msg.topic,
+                      clean(str(err), 300))
             return
         args, target = doc.get("args"), doc.get("target")
         if (doc.get("name") != "ack" or not isinstance(args, dict)
