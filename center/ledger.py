@@ -178,7 +178,7 @@ COUNTERS = (
     "stored",  # events stored (first copy)
     "duplicates",  # further copies of a stored event (resent or redelivered)
     "conflicts",  # further copies whose content differs from the stored one
-    "malformed",  # unreadable: not JSON, missing or ill-typed identity fields, too large
+    "malformed",  # unreadable (not JSON, too large) or breaks envelope.json
     "rejected",  # readable, but claims another unit, site or kind than its topic
     "unknown_unit",  # events and statuses of units not in the site's inventory
     "statuses",  # status messages read
@@ -188,7 +188,7 @@ COUNTERS = (
 
 _JOURNAL_RE = re.compile(r"[0-9a-f]{16}")
 #: envelope.json's form of ``ts``: what units write (rfc3339_ms), always UTC.
-_TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 #: envelope.json's required fields.
 _REQUIRED = ("v", "id", "unit", "site", "journal", "seq", "kind", "ts", "boot_id", "mono",
              "clock_synced", "data")

@@ -47,7 +47,7 @@ from .terminal import clean
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-__all__ = ["add_parser", "clean", "cmd_watch", "describe", "json_line", "watch"]
+__all__ = ["add_parser", "cmd_watch", "describe", "json_line", "watch"]
 
 LINE_MAX = 400
 VALUE_MAX = 60

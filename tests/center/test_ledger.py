@@ -543,6 +543,28 @@ def test_an_event_that_breaks_the_envelope_is_not_stored_and_the_real_one_then_i
     assert field in reject["reason"], reject
 
 
+
+def test_the_ledgers_log_escapes_what_a_sender_puts_in_a_topic(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, caplog: pytest.LogCaptureFixture) -> None:
+    # The unit level of the ledger's subscription is a wildcard: whatever a
+    # publisher puts there reaches the log an operator reads in a terminal.
+    # Mosquitto refuses C0 and C1 controls in topics (other brokers need not),
+    # but passes Unicode format characters: a right-to-left override shows
+    # the rest of a log line reversed, a line separator starts a new one.
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    hostile = f"xunfang/v1/{SITE}/zt\u202ekcab\u2028fake\U000e0001/events/checkin"
+    unit.publish(hostile, json.dumps(envelope(1)))
+    unit.event(envelope(1))
+    watcher.wait_ack(1)
+    _wait(ledger, lambda: ledger.counters()["malformed"] == 1, "the odd topic refused")
+    said = [r.getMessage() for r in caplog.records if "dropped message on" in r.getMessage()]
+    assert said and "zt\\u202ekcab\\u2028fake\\U000e0001" in said[0], said
+    assert all(ch.isprintable() for r in caplog.records for ch in r.getMessage())
+
 # -- one site's record: the broker's ACL and the ledger's inventory ----------------------------
 
 
@@ -866,10 +888,12 @@ def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
     unit = _unit(broker, clients, auth=Auth(tls=broker.pki.client(UNIT)))
     unit.status(birth(J1, acked_seq=0))
     creds = broker.pki.client("ledger")
+    inventory = _inventory(tmp_path / "units.txt", {UNIT: SITE, STRANGER: OTHER_SITE})
     proc = subprocess.Popen(
         [sys.executable, "-m", "firmware_py.cli", "ledger",
          "--broker", f"{broker.host}:{broker.port}", "--site", SITE, "--db", str(db),
          "--key", str(key_file), "--protocol", "3.1.1", "--client-id", "ledger-cli",
+         "--inventory", str(inventory),
          "--tls-ca", str(creds.ca), "--tls-cert", str(creds.cert), "--tls-key", str(creds.key)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -886,6 +910,7 @@ def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
         output, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, output
     assert "gap, seq 3 missing" in output
+    assert f"inventory {inventory}: 1 unit(s) of site {SITE}" in output
     assert "Denied" not in broker.log_text(), broker.log_tail()
 
     code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(db))
