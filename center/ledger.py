@@ -15,15 +15,25 @@ acknowledgement"), so a unit keeps every event until the ledger says it is
   second copy (a ``resent`` one, or a broker redelivery) is counted as a
   duplicate; a copy whose content differs from the stored one is counted and
   logged as a conflict, and the first copy stays.
-- It checks the envelope's identity against the topic: ``v`` is 1, ``unit``
-  and ``site`` are the topic's, ``kind`` is the topic's last level, ``seq`` a
-  positive integer, ``journal`` 16 hex digits, ``id`` their join. A message
-  that fails is logged, counted (``malformed`` when it cannot be read,
-  ``rejected`` when it claims another unit, site or kind than its topic) and
-  PUBACKed so the broker does not redeliver poison forever, but never stored.
-  Content beyond identity (``ts``, ``data``, …) is stored as sent: the ledger
-  is a record, and refusing a genuine event would stall that unit's
-  acknowledgement forever.
+- It checks the whole envelope (``docs/schemas/envelope.json``) and its
+  identity against the topic: ``v`` is 1, ``unit`` and ``site`` are the
+  topic's, ``kind`` is the topic's last level, ``seq`` a positive integer,
+  ``journal`` 16 hex digits, ``id`` their join, ``ts`` an RFC 3339 UTC time,
+  ``boot_id``, ``mono``, ``clock_synced`` of their types, ``data`` an object,
+  ``resent`` (if present) a boolean. A message that fails is logged, counted
+  (``malformed`` when it cannot be read or breaks the envelope, ``rejected``
+  when it claims another unit, site or kind than its topic) and PUBACKed so
+  the broker does not redeliver poison forever, but never stored and never
+  acknowledged. Units only ever send whole envelopes, so a broken one is a
+  fault or a forgery; storing it would make the real event with that id a
+  "conflict" and keep it out.
+- With an inventory (``--inventory``: the file the broker's ACL is rendered
+  from, :mod:`center.inventory`) it takes events, statuses and acks only of
+  the units the inventory lists for its site. Anything from another unit is
+  counted (``unknown_unit``), logged at most once a minute per unit, kept in
+  the quarantine and PUBACKed, but never stored or acknowledged; that unit
+  keeps its events and sends them again once it is listed. The ledger reads
+  the file again when it changes.
 
 **Contiguous prefix.** Per (unit, journal) the ledger tracks ``prefix``: every
 sequence number up to it is held, or lies at or below the journal's ``base``.
@@ -76,6 +86,7 @@ CLI::
 
     xunfang ledger --broker broker.centre:8883 --site zhuantang \\
         --db /var/lib/xunfang/ledger.db --key /etc/xunfang/ledger-2026.key \\
+        --inventory /etc/xunfang/units.txt \\
         --tls-ca ca.pem --tls-cert ledger.pem --tls-key ledger.key
     xunfang ledger gaps --db /var/lib/xunfang/ledger.db [--unit zt-pp-03] [--json]
     xunfang ledger stats --db /var/lib/xunfang/ledger.db
@@ -108,9 +119,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from center.inventory import InventoryError, load_inventory, units_of_site
 from center.session import broker_address, site_name
+from center.terminal import clean
 from firmware_py import topics
-from firmware_py.clock import Clock, SystemClock, rfc3339_ms
+from firmware_py.clock import Clock, SystemClock, parse_rfc3339, rfc3339_ms
 from firmware_py.exc import SignatureError, XunfangError
 from firmware_py.signing import SigningKey, load_signing_key, verify_envelope
 
@@ -156,19 +169,29 @@ MAX_BATCH = 1000
 #: double holds exactly (RFC 8785).
 MAX_SEQ = 2**53 - 1
 REJECTS_KEPT = 1000
+#: How often the inventory file is checked for changes.
+INVENTORY_CHECK_S = 2.0
+#: Least time between two log lines about one unit that is not in the inventory.
+UNKNOWN_UNIT_LOG_S = 60.0
 COUNTERS = (
     "received",  # messages on events topics
     "stored",  # events stored (first copy)
     "duplicates",  # further copies of a stored event (resent or redelivered)
     "conflicts",  # further copies whose content differs from the stored one
-    "malformed",  # unreadable: not JSON, missing or ill-typed identity fields, too large
+    "malformed",  # unreadable (not JSON, too large) or breaks envelope.json
     "rejected",  # readable, but claims another unit, site or kind than its topic
+    "unknown_unit",  # events and statuses of units not in the site's inventory
     "statuses",  # status messages read
     "acks_published",
     "db_errors",  # failed commits (retried; the batch is not acknowledged meanwhile)
 )
 
 _JOURNAL_RE = re.compile(r"[0-9a-f]{16}")
+#: envelope.json's form of ``ts``: what units write (rfc3339_ms), always UTC.
+_TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
+#: envelope.json's required fields.
+_REQUIRED = ("v", "id", "unit", "site", "journal", "seq", "kind", "ts", "boot_id", "mono",
+             "clock_synced", "data")
 _EXCERPT_BYTES = 512
 
 _SCHEMA = """
@@ -296,22 +319,51 @@ def _digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _ill_typed(name: str, value: object, want: str) -> Rejected:
+    shown = repr(value) if not isinstance(value, (dict, list)) else f"a JSON {_json_type(value)}"
+    return Rejected(f"{name} is {shown[:80]}, not {want}")
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), "number")
+
+
+def _check_ts(ts: object) -> None:
+    if not isinstance(ts, str) or not _TS_RE.fullmatch(ts):
+        raise _ill_typed("ts", ts, "an RFC 3339 UTC time (2026-11-28T15:04:05.123Z)")
+    try:
+        parse_rfc3339(ts)
+    except ValueError as err:
+        raise Rejected(f"ts {ts!r} is not a real time: {err}") from err
+
+
 def parse_event(topic: topics.Topic, payload: bytes) -> EventRecord:
-    """Check an ``events/{kind}`` payload against its topic; raise :class:`Rejected` if unfit."""
+    """Check an ``events/{kind}`` payload against its topic and envelope.json.
+
+    Raise :class:`Rejected` if unfit: an event is stored only whole and
+    well-formed, so a broken copy can never hold an id that its real event
+    then finds taken.
+    """
     doc = _loads(payload)
     if not isinstance(doc, dict):
-        raise Rejected(f"payload is a JSON {type(doc).__name__}, not an object")
-    if doc.get("v") != 1 or not _is_int(doc.get("v")):
-        raise Rejected(f"envelope version {doc.get('v')!r} is not 1")
-    unit, site, journal = doc.get("unit"), doc.get("site"), doc.get("journal")
-    seq, kind, ident = doc.get("seq"), doc.get("kind"), doc.get("id")
+        raise Rejected(f"payload is a JSON {_json_type(doc)}, not an object")
+    missing = [name for name in _REQUIRED if name not in doc]
+    if missing:
+        raise Rejected(f"envelope lacks {', '.join(missing)}")
+    if doc["v"] != 1 or not _is_int(doc["v"]):
+        raise Rejected(f"envelope version {doc['v']!r} is not 1")
+    unit, site, journal = doc["unit"], doc["site"], doc["journal"]
+    seq, kind, ident = doc["seq"], doc["kind"], doc["id"]
     if not isinstance(unit, str) or not topics.NAME_RE.match(unit):
         raise Rejected(f"unit {unit!r} is not a unit id")
     if unit != topic.unit:
         # Brokers key ACLs on the topic's unit level: a payload naming another
         # unit is a misconfigured or hostile sender, never that unit's event.
         raise Rejected(f"event claims unit {unit!r} on unit {topic.unit!r}'s topic", "rejected")
-    if site is not None and site != topic.site:
+    if not isinstance(site, str) or not topics.NAME_RE.match(site):
+        raise Rejected(f"site {site!r} is not a site name")
+    if site != topic.site:
         raise Rejected(f"event claims site {site!r} on site {topic.site!r}'s topic", "rejected")
     if not isinstance(kind, str) or kind != topic.name:
         raise Rejected(f"event kind {kind!r} is not the topic's {topic.name!r}", "rejected")
@@ -321,15 +373,26 @@ def parse_event(topic: topics.Topic, payload: bytes) -> EventRecord:
         raise Rejected(f"seq {seq!r} is not an integer from 1 to 2**53-1")
     if ident != f"{unit}:{journal}:{seq}":
         raise Rejected(f"id {ident!r} is not {unit}:{journal}:{seq}")
-    resent = doc.get("resent") is True
-    ts = doc.get("ts")
+    _check_ts(doc["ts"])
+    boot_id, mono = doc["boot_id"], doc["mono"]
+    if not isinstance(boot_id, str) or not boot_id:
+        raise _ill_typed("boot_id", boot_id, "a non-empty string")
+    if isinstance(mono, bool) or not isinstance(mono, (int, float)) or not 0 <= mono < math.inf:
+        raise _ill_typed("mono", mono, "a number of seconds, 0 or more")
+    if not isinstance(doc["clock_synced"], bool):
+        raise _ill_typed("clock_synced", doc["clock_synced"], "true or false")
+    if not isinstance(doc["data"], dict):
+        raise _ill_typed("data", doc["data"], "a JSON object")
+    resent = doc.get("resent", False)
+    if not isinstance(resent, bool):
+        raise _ill_typed("resent", resent, "true or false")
     return EventRecord(
         id=ident,
         unit=unit,
         journal=journal,
         seq=seq,
         kind=kind,
-        ts=ts if isinstance(ts, str) else None,
+        ts=doc["ts"],
         resent=resent,
         digest=_digest(doc),
         envelope=payload.decode("utf-8"),
@@ -799,6 +862,31 @@ class _Throttle:
         return False
 
 
+class _PerUnitLog:
+    """At most one log line per unit every ``interval_s``, with the count held back."""
+
+    def __init__(self, interval_s: float = UNKNOWN_UNIT_LOG_S, units_kept: int = 1000) -> None:
+        self.interval_s, self.units_kept = interval_s, units_kept
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def due(self, unit: str) -> int | None:
+        """None: stay quiet; else log now, saying how many were held back since the last line."""
+        now = time.monotonic()
+        last = self._last.get(unit)
+        if last is not None and now - last < self.interval_s:
+            self._held[unit] = self._held.get(unit, 0) + 1
+            return None
+        if len(self._last) >= self.units_kept and unit not in self._last:
+            # Thousands of names at once is an attack or a broken ACL: forget
+            # the oldest rather than grow.
+            oldest = min(self._last, key=self._last.__getitem__)
+            self._last.pop(oldest)
+            self._held.pop(oldest, None)
+        self._last[unit] = now
+        return self._held.pop(unit, 0)
+
+
 class Ledger:
     """The ledger of one site: subscribe, store, acknowledge. See the module docstring.
 
@@ -828,6 +916,7 @@ class Ledger:
         session_expiry_s: int = SESSION_EXPIRY_S,
         receive_maximum: int = RECEIVE_MAXIMUM,
         clock: Clock | None = None,
+        inventory: str | os.PathLike[str] | None = None,
     ) -> None:
         if not topics.NAME_RE.match(site):
             raise ValueError(f"site {site!r} must match {topics.NAME_RE.pattern}")
@@ -847,6 +936,12 @@ class Ledger:
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
         self._own_keys = {key.name: key.public_key()}
+        #: The inventory file, and the units it lists for this site (None: every unit).
+        self.inventory_path = Path(inventory) if inventory is not None else None
+        self._inventory: frozenset[str] | None = None
+        self._inventory_stamp: tuple[int, int, int] | None = None
+        self._inventory_checked = 0.0
+        self._unknown_log = _PerUnitLog()
 
         self._queue: queue.SimpleQueue[_Inbound | _Subscribed | None] = queue.SimpleQueue()
         self._gen = 0  # connection generation: a PUBACK belongs to the connection it came on
@@ -883,6 +978,13 @@ class Ledger:
         if self._started:
             raise LedgerError(f"ledger of site {self.site} already started")
         self._started = True
+        if self.inventory_path is not None:
+            try:
+                self._inventory, self._inventory_stamp = self._read_inventory()
+            except InventoryError as err:
+                raise LedgerError(str(err)) from err
+            log.info("inventory %s: %d unit(s) of site %s", self.inventory_path,
+                     len(self._inventory), self.site)
         self._db = LedgerDB(self.db_path, site=self.site)
         self._reader = LedgerDB(self.db_path, readonly=True)
         self._load_state()
@@ -1095,6 +1197,69 @@ class Ledger:
         with self._pub_done:
             self._pub_done.wait_for(lambda: not self._unconfirmed, timeout)
 
+    # -- inventory --------------------------------------------------------------------------
+
+    @property
+    def inventory(self) -> frozenset[str] | None:
+        """The units this ledger takes events from (None: no inventory, every unit)."""
+        return self._inventory
+
+    def _read_inventory(self) -> tuple[frozenset[str], tuple[int, int, int]]:
+        assert self.inventory_path is not None
+        try:
+            st = self.inventory_path.stat()
+        except OSError as err:
+            raise InventoryError(f"cannot read inventory {self.inventory_path}: "
+                                 f"{err.strerror or err}") from err
+        units = units_of_site(load_inventory(self.inventory_path), self.site)
+        return units, (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _check_inventory(self) -> None:
+        """Read the inventory again when the file changed (writer thread)."""
+        if self.inventory_path is None:
+            return
+        now = time.monotonic()
+        if now - self._inventory_checked < INVENTORY_CHECK_S:
+            return
+        self._inventory_checked = now
+        try:
+            st = self.inventory_path.stat()
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        if stamp == self._inventory_stamp:
+            return
+        try:
+            units, stamp = self._read_inventory()
+        except InventoryError as err:
+            # Keep the units known so far: a half-edited file must not open the door
+            # (nor shut out every unit).
+            log.error("%s; keeping the %d unit(s) read before", err,
+                      len(self._inventory or ()))
+            self._inventory_stamp = stamp
+            return
+        old = self._inventory or frozenset()
+        self._inventory, self._inventory_stamp = units, stamp
+        added, removed = sorted(units - old), sorted(old - units)
+        log.info("inventory %s read again: %d unit(s) of site %s%s%s", self.inventory_path,
+                 len(units), self.site,
+                 f"; added {', '.join(added[:20])}" if added else "",
+                 f"; removed {', '.join(removed[:20])}" if removed else "")
+
+    def _listed(self, unit: str) -> bool:
+        return self._inventory is None or unit in self._inventory
+
+    def _refuse_unknown(self, msg: _Inbound, unit: str) -> str:
+        reason = (f"unit {unit} is not in the inventory {self.inventory_path} "
+                  f"for site {self.site}")
+        held = self._unknown_log.due(unit)
+        if held is not None:
+            more = f" ({held} more since the last line)" if held else ""
+            log.warning("refused %s from unit %s: not in the inventory %s for site %s; "
+                        "nothing of it is stored or acknowledged%s", clean(msg.topic, 120),
+                        unit, self.inventory_path, self.site, more)
+        return reason
+
     # -- writer thread --------------------------------------------------------------------
 
     def _load_state(self) -> None:
@@ -1129,6 +1294,7 @@ class Ledger:
                     self._settle_until = time.monotonic() + self.settle_s
             elif isinstance(item, _Inbound):
                 batch.append(item)
+        self._check_inventory()
         if batch:
             self._store_batch(batch)
         # Leave once stopping and nothing that arrived before is left; what
@@ -1176,7 +1342,8 @@ class Ledger:
                     for msg in batch:
                         self._store_batch([msg])
                     return
-                log.exception("ledger: cannot handle message on %s; dropped", batch[0].topic)
+                log.exception("ledger: cannot handle message on %s; dropped",
+                              clean(batch[0].topic, 120))
                 self._counters["malformed"] += 1
                 touched = set()
                 break
@@ -1201,11 +1368,21 @@ class Ledger:
         events: list[tuple[_Inbound, EventRecord]] = []
         others: list[tuple[_Inbound, topics.Topic]] = []
         bad: list[tuple[_Inbound, str]] = []
+        unlisted: list[tuple[_Inbound, str]] = []  # logged by _refuse_unknown, not below
         for msg in batch:
             parsed = topics.parse(msg.topic)
             if parsed is None or parsed.site != self.site or parsed.unit == topics.ALL_UNITS:
                 bad.append((msg, f"not a unit's topic of site {self.site}"))
                 deltas["malformed"] += 1
+                continue
+            if not self._listed(parsed.unit):
+                if parsed.channel == "events":
+                    deltas["received"] += 1
+                if parsed.channel in ("events", "status") and msg.payload:
+                    deltas["unknown_unit"] += 1
+                    unlisted.append((msg, self._refuse_unknown(msg, parsed.unit)))
+                # An ack of ours on its topic (from before it left the inventory) is
+                # no evidence either: nothing of that unit is taken.
                 continue
             if parsed.channel != "events":
                 others.append((msg, parsed))
@@ -1266,7 +1443,7 @@ class Ledger:
                                          "(kept the first)"))
                 self._note_event_journal(cur, rec.unit, rec.journal, key in new_journals)
                 touched.add(rec.unit)
-            for msg, reason in bad:
+            for msg, reason in bad + unlisted:
                 self._db.add_reject(cur, now_ms, msg.topic, reason, msg.payload)
             for st in self._journals.values():
                 if st.dirty:
@@ -1280,7 +1457,8 @@ class Ledger:
             st.dirty = False
         for msg, reason in bad:
             if self._throttle.allow():
-                log.warning("dropped message on %s: %s", msg.topic, reason)
+                log.warning("dropped message on %s: %s", clean(msg.topic, 120),
+                            clean(reason, 300))
         self._log_gaps(before, {(rec.unit, rec.journal) for _, rec in events})
         return touched
 
@@ -1375,7 +1553,8 @@ class Ledger:
             verify_envelope(doc, self._own_keys)
         except (Rejected, SignatureError) as err:
             # Another key (rotated, or another ledger): not evidence for us.
-            log.debug("retained ack on %s is not this ledger's: %s", msg.topic, err)
+            log.debug("retained ack on %s is not this ledger's: %s", msg.topic,
+                      clean(str(err), 300))
             return
         args, target = doc.get("args"), doc.get("target")
         if (doc.get("name") != "ack" or not isinstance(args, dict)
@@ -1566,10 +1745,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(err), 2)
     except OSError as err:
         return _fail(f"cannot read key {args.key}: {err.strerror or err}", 2)
+    if args.inventory:
+        try:
+            listed = units_of_site(load_inventory(args.inventory), args.site)
+        except InventoryError as err:
+            return _fail(str(err), 2)
+        if not listed:
+            log.warning("inventory %s lists no unit of site %s: every event will be refused",
+                        args.inventory, args.site)
+    else:
+        log.warning("no --inventory: storing events of any unit that the broker lets publish "
+                    "under site %s", args.site)
     ledger = Ledger(
         args.db, args.site, key, host, port if port is not None else (8883 if tls else 1883),
         protocol=args.protocol, client_id=args.client_id, username=args.username,
-        password=password, tls=tls)
+        password=password, tls=tls, inventory=args.inventory)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -1620,8 +1810,9 @@ def cmd_gaps(args: argparse.Namespace) -> int:
              "ACKED BEFORE LEDGER")]
     for g in gaps:
         i = g.info
-        rows.append((i.unit, i.journal, "yes" if i.active else "no", str(i.prefix),
-                     str(i.max_seq), str(i.held),
+        # Names came from topics and envelopes: escaped, like everything a unit sends.
+        rows.append((clean(i.unit, 40), clean(i.journal, 40), "yes" if i.active else "no",
+                     str(i.prefix), str(i.max_seq), str(i.held),
                      format_ranges(g.missing, 20) or "-",
                      format_ranges(g.acked_before, 5) or "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
@@ -1661,6 +1852,9 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--db", metavar="FILE", help="ledger database (created if missing)")
     p.add_argument("--key", metavar="FILE",
                    help="private key the acks are signed with (xunfang keys new)")
+    p.add_argument("--inventory", metavar="FILE",
+                   help="the units and their sites, '<unit id> <site>' per line (the file the "
+                        "broker's ACL is rendered from): only this site's units are stored")
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5",
                    help="MQTT version (5; 3.1.1 for brokers such as NATS)")
     p.add_argument("--username", help="broker username")

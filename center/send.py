@@ -53,6 +53,7 @@ from .session import (
     options_from_args,
     site_name,
 )
+from .terminal import clean
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -321,17 +322,29 @@ def _summary_head(msg: Message, report: Report) -> str:
     return f"{what}, id {report.id},\n  {how} {', '.join(report.topics)}"
 
 
+#: How much of a unit's reason code and detail a report line shows.
+REASON_MAX = 80
+DETAIL_MAX = 300
+
+
+def _said(answer: Answer) -> str:
+    """A unit's reason and detail, escaped: a unit must not drive the operator's terminal."""
+    text = clean(answer.reason or "", REASON_MAX)
+    if answer.detail:
+        text += f": {clean(answer.detail, DETAIL_MAX)}"
+    return text
+
+
 def print_report(msg: Message, report: Report, out: IO[str], waited: bool) -> None:
     print(_summary_head(msg, report), file=out)
     if not waited:
         return
     for unit in report.applied():
         notes = [a for a in report.answers[unit] if a.result == "applied" and a.reason]
-        note = f"  ({notes[0].reason}: {notes[0].detail})" if notes and notes[0].detail else \
-            (f"  ({notes[0].reason})" if notes else "")
+        note = f"  ({_said(notes[0])})" if notes else ""
         print(f"  applied    {unit}{note}", file=out)
     for a in report.rejected():
-        print(f"  rejected   {a.unit}  {a.reason}{': ' + a.detail if a.detail else ''}", file=out)
+        print(f"  rejected   {a.unit}  {_said(a)}", file=out)
     for unit in report.silent():
         state = "online" if unit in report.online else (
             "offline" if unit in report.offline else "not known to the broker")

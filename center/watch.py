@@ -42,6 +42,7 @@ from .session import (
     options_from_args,
     site_name,
 )
+from .terminal import clean
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -50,20 +51,6 @@ __all__ = ["add_parser", "cmd_watch", "describe", "json_line", "watch"]
 
 LINE_MAX = 400
 VALUE_MAX = 60
-
-
-def clean(text: str, limit: int = VALUE_MAX) -> str:
-    """Printable, one line, at most ``limit`` characters: safe on any terminal."""
-    out = []
-    for ch in text:
-        if ch.isprintable() and ch not in "\x1b\x7f":
-            out.append(ch)
-        elif ch in "\n\r\t":
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}[ch])
-        else:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
-    s = "".join(out)
-    return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
 def _v(value: Any, limit: int = VALUE_MAX) -> str:

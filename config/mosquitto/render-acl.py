@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Render the xunfang Mosquitto ACL: the template plus each unit's site.
+"""Render the xunfang Mosquitto ACL: the template plus every unit's rights.
 
 Mosquitto's `pattern` rules can put the username (%u) only into the unit
-level of `xunfang/v1/{site}/{unit}/...`; nothing ties a unit to its site. So
-the right to read `xunfang/v1/{site}/_all/desired/#` and `.../_all/cmd` is
-given per unit, from the centre's inventory of units and sites. Without it a
-unit could read every site's card list and site-wide commands.
+level of `xunfang/v1/{site}/{unit}/...`, so a pattern cannot tie a unit to
+its site: `xunfang/v1/+/%u/events/#` would let a unit write into any site's
+record. So every right of a unit is rendered per unit, from the centre's
+inventory of units and sites: its own topics under its own site, and its
+site's `_all/desired/#` and `_all/cmd`. A unit not in the inventory gets
+nothing. The site's ledger reads the same inventory (`xunfang ledger
+--inventory`) and stores events of listed units only.
 
 Inventory: one unit per line, `<unit id> <site>` (space, tab or comma
 separated); `#` starts a comment. Both match [a-z0-9-]{1,32} (MQTT-API.md).
@@ -60,6 +63,9 @@ def reserved_users(template: str) -> set[str]:
 
 def render(template: str, units: dict[str, str]) -> str:
     """The template with the marker line replaced by one block per unit."""
+    if any(line.startswith("pattern") for line in template.splitlines()):
+        # A pattern applies to every user: it would undo the tie to the site.
+        raise ValueError("template holds `pattern` rules; unit rights are rendered per unit")
     lines = template.splitlines()
     marks = [i for i, line in enumerate(lines) if line.strip() == MARKER]
     if len(marks) != 1:
@@ -75,8 +81,15 @@ def render(template: str, units: dict[str, str]) -> str:
                 raise ValueError(f"{what} {value!r} does not match [a-z0-9-]{{1,32}}")
         if unit in reserved:
             raise ValueError(f"unit id {unit!r} is reserved for the centre's tools")
+        own = f"xunfang/v1/{site}/{unit}"
         block += [
             f"user {unit}",
+            f"topic write {own}/status",
+            f"topic write {own}/events/#",
+            f"topic write {own}/health",
+            f"topic read {own}/desired/#",
+            f"topic read {own}/cmd",
+            f"topic read {own}/ack",
             f"topic read xunfang/v1/{site}/_all/desired/#",
             f"topic read xunfang/v1/{site}/_all/cmd",
         ]

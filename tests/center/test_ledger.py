@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from center import ledger as ledger_module
-from center.ledger import JournalState, Ledger, Rejected, parse_event
+from center.ledger import JournalState, Ledger, Rejected, TlsFiles, parse_event
 from firmware_py import cli, topics
 from firmware_py.clock import parse_rfc3339
 from firmware_py.journal import Event
@@ -49,9 +49,12 @@ pytestmark = pytest.mark.timeout(60)
 SITE = "zhuantang"
 UNIT = "zt-pp-03"
 OTHER = "zt-pp-04"
+OTHER_SITE = "xihu"
+STRANGER = "xh-pp-01"  # a unit of the other site
 J1 = "5f1c9a0e7d2b4c11"
 J2 = "0a1b2c3d4e5f6071"
 WAIT_S = 10.0
+NOT_AUTHORIZED = 0x87  # MQTT 5 PUBACK reason: the broker's ACL refused the publish
 REPO = Path(__file__).resolve().parents[2]
 
 CHECKIN = {"card": "14008EC793", "reader": "front", "decision": "accepted",
@@ -59,8 +62,8 @@ CHECKIN = {"card": "14008EC793", "reader": "front", "decision": "accepted",
 
 
 def envelope(seq: int, journal: str = J1, unit: str = UNIT, kind: str = "checkin",
-             resent: bool = False) -> dict[str, Any]:
-    event = Event(seq=seq, kind=kind, unit=unit, site=SITE, journal=journal,
+             resent: bool = False, site: str = SITE) -> dict[str, Any]:
+    event = Event(seq=seq, kind=kind, unit=unit, site=site, journal=journal,
                   ts_ms=1_795_000_000_000 + seq * 1000,
                   boot_id="00000000-0000-4000-8000-000000000001", mono=100.0 + seq,
                   clock_synced=True, data=dict(CHECKIN))
@@ -246,9 +249,10 @@ def ledgers(tmp_path: Path, key: SigningKey) -> Iterator[Callable[..., Ledger]]:
     """``make(broker, db=..., **options)``: a started, connected Ledger; all stopped at teardown."""
     made: list[Ledger] = []
 
-    def make(broker: Mosquitto, db: Path | None = None, **options: Any) -> Ledger:
+    def make(broker: Mosquitto, db: Path | None = None, site: str = SITE,
+             **options: Any) -> Ledger:
         options.setdefault("settle_s", 0.2)
-        ledger = Ledger(db or tmp_path / "ledger.db", SITE, key, broker.host, broker.port,
+        ledger = Ledger(db or tmp_path / "ledger.db", site, key, broker.host, broker.port,
                         **options)
         made.append(ledger)
         ledger.start()
@@ -481,6 +485,198 @@ def test_malformed_payloads_are_counted_acked_at_mqtt_level_and_never_stored(
     assert again.counters()["duplicates"] == 0
 
 
+# -- envelopes that break envelope.json --------------------------------------------------------
+
+
+def _broken(env: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """The envelope with fields replaced; a value of ``...`` removes the field."""
+    out = {**env, **change}
+    return {k: v for k, v in out.items() if v is not ...}
+
+
+# Each keeps the identity (id, unit, journal, seq) of a real event and breaks
+# one other promise of envelope.json.
+ENVELOPE_BREAKS: dict[str, dict[str, Any]] = {
+    "data list": {"data": [1, 2]},
+    "data string": {"data": "accepted"},
+    "data null": {"data": None},
+    "no data": {"data": ...},
+    "ts number": {"ts": 1_795_000_001},
+    "ts words": {"ts": "yesterday"},
+    "ts impossible": {"ts": "2026-13-45T25:61:00Z"},
+    "no ts": {"ts": ...},
+    "resent string": {"resent": "yes"},
+    "resent number": {"resent": 1},
+    "no site": {"site": ...},
+    "site number": {"site": 7},
+    "boot_id number": {"boot_id": 12},
+    "boot_id empty": {"boot_id": ""},
+    "mono string": {"mono": "100.0"},
+    "mono bool": {"mono": True},
+    "clock_synced string": {"clock_synced": "true"},
+    "no clock_synced": {"clock_synced": ...},
+}
+
+
+@pytest.mark.parametrize("change", list(ENVELOPE_BREAKS.values()), ids=list(ENVELOPE_BREAKS))
+def test_an_event_that_breaks_the_envelope_is_not_stored_and_the_real_one_then_is(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, change: dict[str, Any]) -> None:
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    real = envelope(1)
+    broken = _broken(real, change)
+    assert broken["id"] == real["id"]
+    unit.raw("checkin", json.dumps(broken).encode())
+    _wait(ledger, lambda: ledger.counters()["malformed"] == 1, "the broken copy refused")
+    assert ledger.count() == 0 and ledger.event(real["id"]) is None
+    assert ledger.last_ack(UNIT) is None  # nothing stored, nothing acknowledged
+    # The real event with that id is stored as itself, not refused as a "conflict".
+    unit.event(real)
+    watcher.wait_ack(1)
+    assert ledger.event(real["id"]) == real
+    counters = ledger.counters()
+    assert (counters["stored"], counters["conflicts"], counters["duplicates"]) == (1, 0, 0)
+    [reject] = ledger.db.rejects()
+    field = next(iter(change))
+    assert field in reject["reason"], reject
+
+
+
+def test_the_ledgers_log_escapes_what_a_sender_puts_in_a_topic(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, caplog: pytest.LogCaptureFixture) -> None:
+    # The unit level of the ledger's subscription is a wildcard: whatever a
+    # publisher puts there reaches the log an operator reads in a terminal.
+    # Mosquitto refuses C0 and C1 controls in topics (other brokers need not),
+    # but passes Unicode format characters: a right-to-left override shows
+    # the rest of a log line reversed, a line separator starts a new one.
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    ledger = ledgers(mosquitto)
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    hostile = f"xunfang/v1/{SITE}/zt\u202ekcab\u2028fake\U000e0001/events/checkin"
+    unit.publish(hostile, json.dumps(envelope(1)))
+    unit.event(envelope(1))
+    watcher.wait_ack(1)
+    _wait(ledger, lambda: ledger.counters()["malformed"] == 1, "the odd topic refused")
+    said = [r.getMessage() for r in caplog.records if "dropped message on" in r.getMessage()]
+    assert said and "zt\\u202ekcab\\u2028fake\\U000e0001" in said[0], said
+    assert all(ch.isprintable() for r in caplog.records for ch in r.getMessage())
+
+# -- one site's record: the broker's ACL and the ledger's inventory ----------------------------
+
+
+def _inventory(path: Path, units: dict[str, str]) -> Path:
+    path.write_text("# unit   site\n" + "".join(f"{u}  {s}\n" for u, s in units.items()))
+    return path
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_unit_cannot_write_into_another_sites_record_through_the_shipped_acl(
+        mosquitto_factory: Callable[..., Mosquitto], ledgers: Callable[..., Ledger],
+        protocol: str) -> None:
+    # The shipped config, with the ACL rendered from the inventory, and real
+    # certificates. The other site's ledger runs without an inventory: the
+    # broker alone must keep the unit out of that site's record.
+    broker = mosquitto_factory(shipped_config=True,
+                               acl_text=render_acl({UNIT: SITE, STRANGER: OTHER_SITE}))
+    assert broker.pki is not None
+    creds = broker.pki.client("ledger")
+    other = ledgers(broker, site=OTHER_SITE, client_id="xunfang_ledger_xihu",
+                    tls=TlsFiles(str(creds.ca), str(creds.cert), str(creds.key)))
+    intruder = broker.probe(UNIT, protocol=protocol)
+    forged = [envelope(seq, site=OTHER_SITE) for seq in (1, 2)]
+    for env in forged:
+        validate("envelope", env)  # well-formed: only the site is not its own
+        rc = intruder.publish(topics.event(OTHER_SITE, UNIT, "checkin"), json.dumps(env))
+        # MQTT 5 says no; MQTT 3.1.1 cannot, and the broker drops it silently.
+        assert rc.value == (NOT_AUTHORIZED if protocol == "5" else 0)
+    rc = intruder.publish(topics.status(OTHER_SITE, UNIT),
+                          json.dumps({**birth(J1, 2), "site": OTHER_SITE}), retain=True)
+    assert rc.value == (NOT_AUTHORIZED if protocol == "5" else 0)
+    # A real unit of that site after the refused messages: once its event is
+    # stored, the forged ones would have been handled too.
+    local = broker.probe(STRANGER, protocol=protocol)
+    real = envelope(1, unit=STRANGER, site=OTHER_SITE)
+    assert local.publish(topics.event(OTHER_SITE, STRANGER, "checkin"), json.dumps(real)).value \
+        in (0, 0x10)
+    _wait(other, lambda: other.count(STRANGER) == 1, "the local unit's event stored")
+    _wait(other, lambda: other.last_ack(STRANGER) == (J1, 1), "the local unit's event acked")
+    assert other.count(UNIT) == 0
+    assert other.counters()["received"] == 1
+    assert other.last_ack(UNIT) is None
+    assert [g.info.unit for g in other.gaps()] == [STRANGER]
+
+
+def test_a_ledger_with_an_inventory_refuses_units_not_in_it_and_never_acks_them(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A broker that lets anyone publish anywhere (misconfigured, or another
+    # vendor's): the ledger still keeps its record to its own units.
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    inventory = _inventory(tmp_path / "units.txt", {UNIT: SITE, STRANGER: OTHER_SITE})
+    ledger = ledgers(mosquitto, inventory=inventory)
+    assert ledger.inventory == frozenset({UNIT})
+    watcher = _watcher(mosquitto, clients, key)
+    unknown = _unit(mosquitto, clients, OTHER)
+    unknown.status(birth(J2, acked_seq=3, unit=OTHER))
+    for seq in range(1, 6):
+        unknown.event(envelope(seq, J2, unit=OTHER))
+    # A unit of another site writing under this site's name.
+    stranger = _unit(mosquitto, clients, STRANGER)
+    stranger.event(envelope(1, unit=STRANGER), topic_unit=STRANGER)
+    listed = _unit(mosquitto, clients)
+    listed.event(envelope(1))
+    watcher.wait_ack(1)
+    _wait(ledger, lambda: ledger.counters()["unknown_unit"] == 7, "seven messages refused")
+    assert ledger.count() == 1 and ledger.count(OTHER) == 0 and ledger.count(STRANGER) == 0
+    assert ledger.last_ack(OTHER) is None and watcher.of(OTHER) == []
+    assert ledger.last_ack(STRANGER) is None
+    assert [g.info.unit for g in ledger.gaps()] == [UNIT]
+    assert ledger.counters()["stored"] == 1
+    assert any("not in the inventory" in r["reason"] and r["topic"].endswith("/status")
+               for r in ledger.db.rejects())
+    # Said in the log, once per unit however many messages it sends.
+    said = [r.getMessage() for r in caplog.records if "not in the inventory" in r.getMessage()]
+    assert len([m for m in said if f"from unit {OTHER}:" in m]) == 1, said
+    assert len([m for m in said if f"from unit {STRANGER}:" in m]) == 1, said
+
+    # Once listed, its events are taken without a restart: the unit still
+    # holds them (never acked) and sends them again.
+    _inventory(inventory, {UNIT: SITE, OTHER: SITE, STRANGER: OTHER_SITE})
+    _wait(ledger, lambda: ledger.inventory == frozenset({UNIT, OTHER}),
+          "the changed inventory read")
+    for seq in range(1, 6):
+        unknown.event(envelope(seq, J2, unit=OTHER, resent=True))
+    watcher.wait_ack(5, J2, OTHER)
+    assert ledger.count(OTHER) == 5
+    assert any("added zt-pp-04" in r.getMessage() for r in caplog.records)
+
+    # A broken edit keeps the units read before.
+    inventory.write_text(f"{OTHER} {SITE} extra\n")
+    _wait(ledger, lambda: any("want '<unit id> <site>'" in r.getMessage()
+                              for r in caplog.records), "the broken inventory reported")
+    assert ledger.inventory == frozenset({UNIT, OTHER})
+
+
+def test_the_ledger_cli_refuses_an_unusable_inventory_with_exit_2(
+        key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = tmp_path / "ledger.key"
+    save_signing_key(key, key_file)
+    base = ["ledger", "--broker", "127.0.0.1:1", "--site", SITE, "--db",
+            str(tmp_path / "l.db"), "--key", str(key_file)]
+    bad = tmp_path / "units.txt"
+    bad.write_text(f"{UNIT} {SITE}\n{UNIT} {OTHER_SITE}\n")
+    for inventory, error in ((tmp_path / "absent.txt", "cannot read inventory"),
+                             (bad, "units.txt:2: unit 'zt-pp-03' listed for sites")):
+        code, err = _run_cli_err(capsys, *base, "--inventory", str(inventory))
+        assert code == 2 and error in err, err
+        assert err.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "l.db").exists()
+
+
 # -- restarts, bases and journals -----------------------------------------------------------
 
 
@@ -692,10 +888,12 @@ def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
     unit = _unit(broker, clients, auth=Auth(tls=broker.pki.client(UNIT)))
     unit.status(birth(J1, acked_seq=0))
     creds = broker.pki.client("ledger")
+    inventory = _inventory(tmp_path / "units.txt", {UNIT: SITE, STRANGER: OTHER_SITE})
     proc = subprocess.Popen(
         [sys.executable, "-m", "firmware_py.cli", "ledger",
          "--broker", f"{broker.host}:{broker.port}", "--site", SITE, "--db", str(db),
          "--key", str(key_file), "--protocol", "3.1.1", "--client-id", "ledger-cli",
+         "--inventory", str(inventory),
          "--tls-ca", str(creds.ca), "--tls-cert", str(creds.cert), "--tls-key", str(creds.key)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -712,6 +910,7 @@ def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
         output, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, output
     assert "gap, seq 3 missing" in output
+    assert f"inventory {inventory}: 1 unit(s) of site {SITE}" in output
     assert "Denied" not in broker.log_text(), broker.log_tail()
 
     code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(db))
@@ -782,6 +981,11 @@ def test_the_prefix_is_the_longest_run_held_or_acked_before(
     (json.dumps({**envelope(1), "site": "elsewhere"}).encode(), "rejected"),
     (json.dumps({**envelope(1), "kind": "alarm"}).encode(), "rejected"),
     *[(payload, "malformed") for _name, payload in MALFORMED],
+    *[(json.dumps(_broken(envelope(1), change)).encode(), "malformed")
+      for change in ENVELOPE_BREAKS.values()],
+    (json.dumps({**envelope(1), "ts": "2026-11-28T23:04:05.123+08:00"}).encode(), "malformed"),
+    (json.dumps({**envelope(1), "mono": -1}).encode(), "malformed"),
+    (json.dumps({**envelope(1), "resent": False}).encode(), None),
 ])
 def test_parse_event_checks_identity_against_the_topic(payload: bytes,
                                                        counter: str | None) -> None:

@@ -10,28 +10,36 @@ message on the wire against ``docs/schemas`` at the end of each test.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from center.session import BrokerOptions, CentreSession, SessionError
-from center.watch import clean, describe, watch
+from center.terminal import clean
+from center.watch import describe, watch
 from firmware_py import desired, topics
 from firmware_py.cli import main
 from firmware_py.clock import SystemClock
 from firmware_py.desired import InboxReader
+from firmware_py.journal import Event
 from firmware_py.signing import SigningKey, save_signing_key
 from tests.support.brokers import Mosquitto, free_port, render_acl
 from tests.support.uplink import SITE, UnitRig, Watcher, wait_until
 
 UNITS = ("zt-pp-03", "zt-pp-04")
+REPO = Path(__file__).resolve().parents[2]
 CLOCK = SystemClock()
 DEVICES: dict[str, Any] = {
     "lights": {"warning": {"pins": [17, 27]}, "lightbox": {"pins": [22]}},
@@ -320,6 +328,83 @@ def test_send_clear_removes_the_retained_document_and_units_ignore_it(
     assert len(after) == before + 1 and after[-1].data["name"] == "rebirth"
 
 
+# A unit's answer that tries to drive the operator's terminal: clear the
+# screen, set the window title, overwrite the line and draw fake results.
+HOSTILE_REASON = "\x1b[2J\x1b[H\x1b]0;every unit applied\x07bad_args"
+HOSTILE_DETAIL = ("siren\r\x1b[2K  applied    zt-pp-05\n  applied    zt-pp-06\x08\x08\x08"
+                  "\x1b]2;title\x1b\\\x9b31m\u202eevil\x7f\x00\x1bP+q\x1b\\end")
+
+
+class HostileUnit:
+    """A real MQTT client that answers every command on its topic as a unit would,
+    with the given result and a hostile reason and detail."""
+
+    def __init__(self, broker: Mosquitto, unit: str, result: str) -> None:
+        self.unit, self.result = unit, result
+        self.seq = itertools.count(1)
+        self.probe = broker.probe(unit)
+        original = self.probe.client.on_message
+
+        def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            original(client, userdata, msg)
+            command = json.loads(msg.payload)
+            seq = next(self.seq)
+            event = Event(seq=seq, kind="command", unit=unit, site=SITE,
+                          journal="5f1c9a0e7d2b4c11", ts_ms=CLOCK.wall_ms(),
+                          boot_id="00000000-0000-4000-8000-000000000001", mono=10.0 + seq,
+                          clock_synced=True,
+                          data={"command": command["id"], "name": command["name"],
+                                "result": result, "reason": HOSTILE_REASON,
+                                "detail": HOSTILE_DETAIL})
+            client.publish(topics.event(SITE, unit, "command"),
+                           json.dumps(event.envelope()), qos=1)
+
+        self.probe.client.on_message = on_message
+        self.probe.subscribe(topics.cmd(SITE, unit))
+
+
+def terminal_safe(out: bytes) -> bool:
+    """Nothing but printable text and line ends: no byte a terminal acts on."""
+    if any((b < 0x20 and b != 0x0A) or b == 0x7F for b in out):
+        return False
+    return all(ch.isprintable() or ch == "\n" for ch in out.decode("utf-8"))
+
+
+def test_send_escapes_what_units_say_so_no_control_character_reaches_the_terminal(
+        mosquitto: Mosquitto, centre_key: tuple[SigningKey, Path]) -> None:
+    HostileUnit(mosquitto, UNITS[0], "applied")
+    HostileUnit(mosquitto, UNITS[1], "rejected")
+    command = [sys.executable, "-m", "firmware_py.cli", "send", "cmd", "rebirth",
+               "--unit", UNITS[0], "--unit", UNITS[1], "--site", SITE,
+               "--key", str(centre_key[1]), "--broker", f"127.0.0.1:{mosquitto.port}",
+               "--wait", "20"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=60,
+                          check=False)
+    out = done.stdout
+    assert done.returncode == 1, (out, done.stderr)  # one unit rejected
+    assert terminal_safe(out), out
+    lines = out.decode("utf-8").splitlines()
+    # Two head lines, one per unit, the summary: no line drawn by a unit.
+    assert len(lines) == 5, lines
+    assert lines[2].startswith(f"  applied    {UNITS[0]}  (")
+    assert lines[3].startswith(f"  rejected   {UNITS[1]}  ")
+    assert lines[4] == "2 unit(s): 1 applied, 1 rejected, 0 no answer, 0 offline"
+    # What the unit said is still there to read, made visible.
+    assert "\\x1b[2J\\x1b[H\\x1b]0;every unit applied\\x07bad_args" in lines[3]
+    assert "siren\\r\\x1b[2K  applied    zt-pp-05\\n  applied" in lines[3]
+    assert "\\x9b31m\\u202eevil\\x7f\\x00" in lines[3]
+
+    # --json keeps the unit's words exactly, escaped by JSON itself.
+    done = subprocess.run([*command, "--json"], cwd=REPO, env=env, capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert terminal_safe(done.stdout), done.stdout
+    report = json.loads(done.stdout)
+    assert report["rejected"] == [{"unit": UNITS[1], "reason": HOSTILE_REASON,
+                                   "detail": HOSTILE_DETAIL}]
+
+
 # -- watch -------------------------------------------------------------------------------------
 
 
@@ -450,3 +535,11 @@ def test_describe_never_raises_and_prints_one_clean_line(topic: str, payload: by
 def test_clean_escapes_terminal_control() -> None:
     assert clean("a\x1b[2Jb\x00\n") == "a\\x1b[2Jb\\x00\\n"
     assert clean("x" * 100, 10) == "x" * 9 + "…"
+    assert clean("\x9b31m\u202e\u2028\x7f\U000e0001") == "\\x9b31m\\u202e\\u2028\\x7f\\U000e0001"
+    assert clean("巡防 zt-pp-03") == "巡防 zt-pp-03"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_clean_lets_no_control_character_through(text: str) -> None:
+    assert all(ch.isprintable() for ch in clean(text, 10_000))

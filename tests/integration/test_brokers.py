@@ -242,13 +242,30 @@ def test_unit_cannot_publish_as_another_unit_mqtt311_puback_lies(
     assert forged not in ledger.topics()
 
 
-def test_a_unit_id_in_another_sites_topic_is_still_only_its_own(acl_broker: Mosquitto) -> None:
-    # The site level is `+` in the patterns: a unit can name any site, but
-    # only under its own (fleet-unique) id; the ledger checks the site.
+def test_unit_cannot_publish_under_another_sites_name_mqtt5(acl_broker: Mosquitto) -> None:
+    # Each unit may write only under its own site: a unit naming another site
+    # would otherwise write into that site's record (its ledger stores and acks).
     ledger = ledger_watching(acl_broker)
     unit = acl_broker.probe(UNIT)
-    assert unit.publish(topic(UNIT, "events/x", site=OTHER_SITE)).value == 0
-    ledger.expect(topic(UNIT, "events/x", site=OTHER_SITE))
+    forged = [topic(UNIT, rest, site=OTHER_SITE) for rest in ("events/checkin", "status",
+                                                               "health")]
+    for t in forged:
+        assert unit.publish(t, b"forged").value == NOT_AUTHORIZED, t
+    unit.publish(topic(UNIT, "events/sentinel"), b"s")
+    ledger.expect(topic(UNIT, "events/sentinel"))
+    assert not set(forged) & set(ledger.topics())
+
+
+def test_unit_cannot_publish_under_another_sites_name_mqtt311_dropped(
+    acl_broker: Mosquitto,
+) -> None:
+    ledger = ledger_watching(acl_broker)
+    unit = acl_broker.probe(UNIT, protocol="3.1.1")
+    forged = topic(UNIT, "events/checkin", site=OTHER_SITE)
+    assert unit.publish(forged, b"forged").value == 0  # 3.1.1 cannot say no ...
+    unit.publish(topic(UNIT, "events/sentinel"), b"s")
+    ledger.expect(topic(UNIT, "events/sentinel"))
+    assert forged not in ledger.topics()  # ... and drops it
 
 
 @pytest.mark.parametrize(
@@ -290,6 +307,9 @@ def test_unit_reads_its_own_and_its_sites_topics_only(acl_broker: Mosquitto) -> 
         topic(NEIGHBOUR, "ack"),
         topic("_all", "cmd", site=OTHER_SITE),
         topic("_all", "desired/cards", site=OTHER_SITE),
+        topic(UNIT, "cmd", site=OTHER_SITE),
+        topic(UNIT, "desired/level", site=OTHER_SITE),
+        topic(UNIT, "ack", site=OTHER_SITE),
     ]
     for t in allowed + denied:
         writer = ledger if t.endswith("/ack") else centre
@@ -329,15 +349,55 @@ def test_only_the_centre_commands_and_only_the_ledger_acknowledges(
     assert ledger.publish(topic("_all", "desired/level")).value == NOT_AUTHORIZED
 
 
-def test_unrendered_template_gives_no_site_wide_reads(mosquitto_factory: Factory) -> None:
+def test_a_unit_missing_from_the_inventory_may_do_nothing(mosquitto_factory: Factory) -> None:
+    # Rights come only from the inventory: a certificate the CA issued for a
+    # unit that is not (or no longer) listed may neither write nor read.
+    broker = mosquitto_factory(tls=True, acl_text=render_acl({NEIGHBOUR: SITE}))
+    ledger = ledger_watching(broker)
+    unit = broker.probe(UNIT)
+    unit.subscribe("xunfang/v1/#")
+    for rest in ("status", "events/checkin", "health"):
+        assert unit.publish(topic(UNIT, rest), b"{}").value == NOT_AUTHORIZED, rest
+    centre = broker.probe("centre", client_id="xunfang-centre")
+    centre.publish(topic(UNIT, "cmd"))
+    centre.publish(topic("_all", "cmd"))
+    neighbour = broker.probe(NEIGHBOUR)
+    neighbour.subscribe(topic(NEIGHBOUR, "cmd"))
+    centre.publish(topic(NEIGHBOUR, "cmd"), b"sentinel")
+    neighbour.expect(topic(NEIGHBOUR, "cmd"), b"sentinel")
+    neighbour.publish(topic(NEIGHBOUR, "events/sentinel"), b"s")
+    ledger.expect(topic(NEIGHBOUR, "events/sentinel"))
+    assert unit.topics() == []
+    assert not [t for t in ledger.topics() if f"/{UNIT}/" in t]
+
+
+def test_the_bare_template_gives_units_nothing(mosquitto_factory: Factory) -> None:
     broker = mosquitto_factory(tls=True, acl_file=ACL_TEMPLATE)
     unit = broker.probe(UNIT)
     unit.subscribe("xunfang/v1/#")
+    assert unit.publish(topic(UNIT, "health")).value == NOT_AUTHORIZED
     centre = broker.probe("centre", client_id="xunfang-centre")
     centre.publish(topic("_all", "cmd"))
-    centre.publish(topic(UNIT, "cmd"), b"sentinel")
-    unit.expect(topic(UNIT, "cmd"))
-    assert unit.topics() == [topic(UNIT, "cmd")]
+    centre.publish(topic(UNIT, "cmd"))
+    # The centre's own rights still work: it reads back what it wrote.
+    centre.subscribe(topic(UNIT, "desired/#"))
+    centre.publish(topic(UNIT, "desired/level"), b"sentinel")
+    centre.expect(topic(UNIT, "desired/level"), b"sentinel")
+    assert unit.topics() == []
+
+
+def test_a_unit_taken_out_of_the_inventory_is_refused_after_a_reload(
+    mosquitto_factory: Factory,
+) -> None:
+    broker = mosquitto_factory(shipped_config=True, acl_text=render_acl(UNITS))
+    unit = broker.probe(UNIT)
+    assert ok(unit.publish(topic(UNIT, "health")))
+    assert broker.acl_path is not None
+    broker.acl_path.write_text(render_acl({NEIGHBOUR: SITE, STRANGER: OTHER_SITE}))
+    broker.reload()
+    # The connection stays up; what it may do follows the new file at once.
+    assert unit.publish(topic(UNIT, "health")).value == NOT_AUTHORIZED
+    assert ok(broker.probe(NEIGHBOUR).publish(topic(NEIGHBOUR, "health")))
 
 
 @pytest.mark.parametrize(
@@ -486,11 +546,20 @@ def test_render_acl_script_reads_an_inventory_as_installers_write_it(tmp_path: P
     assert done.returncode == 0, done.stderr
     text = out.read_text()
     assert text == render_acl(UNITS)
+    own = f"xunfang/v1/{OTHER_SITE}/{STRANGER}"
     assert (
         f"user {STRANGER}\n"
+        f"topic write {own}/status\n"
+        f"topic write {own}/events/#\n"
+        f"topic write {own}/health\n"
+        f"topic read {own}/desired/#\n"
+        f"topic read {own}/cmd\n"
+        f"topic read {own}/ack\n"
         f"topic read xunfang/v1/{OTHER_SITE}/_all/desired/#\n"
         f"topic read xunfang/v1/{OTHER_SITE}/_all/cmd\n"
     ) in text
+    # No rule lets a unit name a site other than its own.
+    assert not [line for line in text.splitlines() if line.startswith("pattern")]
 
     inventory.write_text(f"{UNIT} {SITE}\n{UNIT} {OTHER_SITE}\n")
     done = subprocess.run(
