@@ -14,14 +14,17 @@ a unit") before anything enters the journal:
    never commands);
 5. the envelope's shape, ``name`` matching the topic, ``target.site`` and
    ``target.units``;
-6. time: not expired, not issued in the future of a synchronised clock (the
-   rules for an unsynchronised clock are in :mod:`firmware_py.desired` and
-   ``docs/mqtt-api.md``, "Commands and time");
+6. time: not expired, not issued in the future of a synchronised clock, not
+   implausibly far ahead of an unsynchronised unit's lower bound on true time
+   (``from_future``); a message moves that bound only within
+   :data:`~firmware_py.desired.PLAUSIBLE_LEAD_MS` of it (the rules are in
+   :mod:`firmware_py.desired` and ``docs/mqtt-api.md``, "Commands and time");
 7. ``args`` valid for the message's name and this unit's config;
-8. replay: a one-shot ``cmd`` whose id is in the inbox already is a replay;
-   a desired document older than the last one applied on its topic is a
-   replay (``older_document``), one already applied is ignored (the broker
-   redelivers retained documents on every reconnect).
+8. replay: a one-shot ``cmd`` or a desired document whose id its replay
+   record holds, or issued no later than the record's floor, is a replay; a
+   desired document older than the ordering mark of its topic is
+   ``older_document``, the one in force arriving again is ignored (the
+   broker redelivers retained documents on every reconnect).
 
 Every message accepted or rejected becomes a ``command`` event (data:
 ``command``, ``name``, ``result`` applied|rejected, ``reason``, ``detail``,
@@ -290,6 +293,8 @@ class CommandProcessor:
         self._limiter = _RejectLimiter(clock, reject_burst, reject_refill_s)
         self._rejected_ids: OrderedDict[str, None] = OrderedDict()
         self._rebirth = False
+        # Whether a synchronised clock has judged what is stored since it last was not.
+        self._judged_by_clock = False
         self._last_tick: tuple[float, int, bool, str] | None = None
         self.counters: dict[str, int] = {"applied": 0, "rejected": 0, "ignored": 0,
                                          "failed": 0, "held_back": 0}
@@ -787,7 +792,7 @@ class CommandProcessor:
         return events
 
     def _confirm_by_clock(self, view: TimeView) -> None:
-        """Let a synchronised clock judge the ``issued_at`` of what is stored.
+        """Let a synchronised clock judge the ``issued_at`` of what is stored (once a sync).
 
         A stored document the clock finds in its future came from a centre whose
         clock was wrong: it is no longer confirmed, and its topic's ordering mark
@@ -796,7 +801,10 @@ class CommandProcessor:
         behind) is confirmed. Replay floors in the clock's future are clamped.
         """
         if not view.synced:
+            self._judged_by_clock = False
             return
+        if self._judged_by_clock:
+            return  # stored while synchronised: judged on receipt
         wall, skew = view.wall_ms, desired.MAX_FUTURE_SKEW_MS
         state: dict[str, Any] = {}
         for name in DESIRED_NAMES:
@@ -825,6 +833,7 @@ class CommandProcessor:
         # Key by key: a crash between two leaves nothing the next tick does not redo.
         for key, value in state.items():
             self.journal.state_set(key, value)
+        self._judged_by_clock = True
 
     def _clamped_floor(self, key: str, wall: int, legacy: str | None = None) -> dict[str, Any]:
         record = desired.seen_get(self.journal, key, legacy)
