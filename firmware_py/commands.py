@@ -510,9 +510,10 @@ class CommandProcessor:
         ident, name = env["id"], env["name"]
         issued = env["_issued_at_ms"]
         record = desired.seen_get(self.journal, CMD_SEEN_KEY)
-        if self.journal.inbox_seen(ident) or desired.seen_before(record, ident, issued) == "id":
+        seen = desired.seen_before(record, ident, issued)
+        if seen == "id" or self.journal.inbox_seen(ident):
             raise Rejected("replay", f"command {ident} was received before")
-        if desired.seen_before(record, ident, issued) == "floor":
+        if seen == "floor":
             raise Rejected("replay", f"issued at {env['issued_at']}, no later than "
                                      f"{rfc3339_ms(record['floor_ms'])}: commands that old "
                                      f"may have been taken before")
@@ -837,12 +838,13 @@ class CommandProcessor:
 
     def _clamped_floor(self, key: str, wall: int, legacy: str | None = None) -> dict[str, Any]:
         record = desired.seen_get(self.journal, key, legacy)
-        floor = record["floor_ms"]
-        if floor is None or floor <= wall + desired.MAX_FUTURE_SKEW_MS:
+        floor, skew = record["floor_ms"], desired.MAX_FUTURE_SKEW_MS
+        if floor is None or floor <= wall + skew:
             return {}
         log.warning("replay record %s: floor %s is in the future of the synchronised clock; "
                     "clamped", key, rfc3339_ms(floor))
-        return {key: {**record, "floor_ms": wall}}
+        # Like an ordering mark: what is issued from now on is newer than the floor.
+        return {key: {**record, "floor_ms": wall - skew}}
 
     def _keep_anchor(self) -> None:
         clock = self.clock

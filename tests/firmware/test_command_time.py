@@ -242,3 +242,29 @@ def test_a_command_valid_for_more_than_a_day_is_malformed(rig: Rig) -> None:
     data = assert_rejected(rig, out, "malformed", before)
     assert "24 h" in data["detail"]
     assert rig.send(CMD, rig.sign("snapshot", ttl_s=DAY)).applied
+
+
+def test_ids_remembered_before_the_replay_record_are_still_refused(rig: Rig) -> None:
+    """A journal written by an earlier version holds a plain list of document ids."""
+    first = rig.level(1)
+    assert rig.send(site_topic("level"), first).applied
+    rig.clock.advance(60)
+    assert rig.send(site_topic("level"), rig.level(2)).applied
+    rig.journal.state_set("desired/level/seen", None)
+    rig.journal.state_set("desired/level/ids", [first["id"]])
+    before = rig.snapshot()
+    assert_rejected(rig, rig.send(unit_topic("level"), first), "replay", before)
+    rig.clock.advance(60)
+    assert rig.send(unit_topic("level"), rig.level(3, units=[UNIT])).applied
+    assert rig.journal.state_get("desired/level/ids") is None
+    seen = rig.journal.state_get("desired/level/seen")
+    assert first["id"] in [entry[0] for entry in seen["ids"]]
+
+
+def test_a_synchronised_clock_clamps_a_replay_floor_in_its_future(rig: Rig) -> None:
+    """A floor raised while the unit had no clock, by commands of a centre whose clock
+    was wrong, does not refuse every command once the clock is synchronised."""
+    rig.journal.state_set("cmd/seen", {"floor_ms": Y2099, "ids": []})
+    rig.restart()
+    rig.proc.tick()
+    assert rig.send(CMD, rig.sign("rebirth", ttl_s=300)).applied
