@@ -40,7 +40,7 @@ import paho.mqtt.client as mqtt
 from firmware_py import topics
 from firmware_py.clock import rfc3339_ms
 from firmware_py.config import LIGHT_MODES
-from firmware_py.desired import CMD_NAMES, ArgsInvalid, validate_args
+from firmware_py.desired import CMD_MAX_VALID_MS, CMD_NAMES, ArgsInvalid, validate_args
 from firmware_py.exc import SignatureError
 from firmware_py.signing import SigningKey, load_signing_key
 
@@ -162,6 +162,9 @@ def build(args: argparse.Namespace, now_ms: int) -> Message:
     except ArgsInvalid as err:
         raise UsageError(str(err)) from err
     valid_s = getattr(args, "valid_for", None) or msg.valid_s
+    if not msg.desired and valid_s * 1000 > CMD_MAX_VALID_MS:
+        raise UsageError(f"--valid-for: a one-shot command may be valid for at most "
+                         f"{CMD_MAX_VALID_MS // 3_600_000} h (units refuse longer ones)")
     return Message(msg.name, msg.args, msg.desired, valid_s)
 
 
@@ -425,8 +428,8 @@ def _common(with_key: bool = True) -> argparse.ArgumentParser:
                        help=f"wait this long for the units' answers ({DEFAULT_WAIT_S:g}; "
                             "0: do not wait)")
         p.add_argument("--valid-for", type=parse_duration, metavar="DURATION",
-                       help="how long units may apply the message (default 5m for cmd, 30d "
-                            "for level and lights, 365d for cards)")
+                       help="how long units may apply the message (default 5m for cmd, at "
+                            "most 24h; 30d for level and lights, 365d for cards)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_broker_arguments(p)
     return p

@@ -14,14 +14,17 @@ a unit") before anything enters the journal:
    never commands);
 5. the envelope's shape, ``name`` matching the topic, ``target.site`` and
    ``target.units``;
-6. time: not expired, not issued in the future of a synchronised clock (the
-   rules for an unsynchronised clock are in :mod:`firmware_py.desired` and
-   ``docs/mqtt-api.md``, "Commands and time");
+6. time: not expired, not issued in the future of a synchronised clock, not
+   implausibly far ahead of an unsynchronised unit's lower bound on true time
+   (``from_future``); a message moves that bound only within
+   :data:`~firmware_py.desired.PLAUSIBLE_LEAD_MS` of it (the rules are in
+   :mod:`firmware_py.desired` and ``docs/mqtt-api.md``, "Commands and time");
 7. ``args`` valid for the message's name and this unit's config;
-8. replay: a one-shot ``cmd`` whose id is in the inbox already is a replay;
-   a desired document older than the last one applied on its topic is a
-   replay (``older_document``), one already applied is ignored (the broker
-   redelivers retained documents on every reconnect).
+8. replay: a one-shot ``cmd`` or a desired document whose id its replay
+   record holds, or issued no later than the record's floor, is a replay; a
+   desired document older than the ordering mark of its topic is
+   ``older_document``, the one in force arriving again is ignored (the
+   broker redelivers retained documents on every reconnect).
 
 Every message accepted or rejected becomes a ``command`` event (data:
 ``command``, ``name``, ``result`` applied|rejected, ``reason``, ``detail``,
@@ -61,7 +64,9 @@ from .clock import Clock, rfc3339_ms
 from .desired import (
     ANCHOR_KEY,
     CARDS_KEY,
+    CMD_MAX_VALID_MS,
     CMD_NAMES,
+    CMD_SEEN_KEY,
     DESIRED_NAMES,
     LEVEL_IN_FORCE_KEY,
     LEVEL_KEY,
@@ -70,6 +75,7 @@ from .desired import (
     TimeView,
     doc_key,
     ids_key,
+    seen_key,
 )
 from .exc import JournalError, KeyInvalid, SignatureError, SignatureKeyUnknown
 from .journal import Event, Journal
@@ -116,10 +122,13 @@ REASONS: dict[str, str] = {
     "unknown_command": "a cmd whose name is not rebirth, snapshot, clip or lights.test",
     "expired": "the envelope's expires_at has (provably) passed",
     "not_yet_valid": "issued more than 5 minutes in the future of a synchronised clock",
+    "from_future": "unsynchronised: issued more than a year ahead of the unit's lower bound "
+                   "on true time (with none, after 2056): the centre's clock is wrong",
     "bad_args": "args break the rules of the message's name or this unit's config",
     "unsupported": "an action this unit has no device for (clip on a unit without camera)",
     "replay": "a one-shot cmd seen before, or a desired document applied before under "
-              "another topic",
+              "another topic; or a message issued no later than the oldest its replay "
+              "record still covers",
     "older_document": "a desired document not newer (issued_at) than the last one applied "
                       "on its topic",
     "rate_limited": "(summary) rejection events held back by the rate limit",
@@ -284,6 +293,8 @@ class CommandProcessor:
         self._limiter = _RejectLimiter(clock, reject_burst, reject_refill_s)
         self._rejected_ids: OrderedDict[str, None] = OrderedDict()
         self._rebirth = False
+        # Whether a synchronised clock has judged what is stored since it last was not.
+        self._judged_by_clock = False
         self._last_tick: tuple[float, int, bool, str] | None = None
         self.counters: dict[str, int] = {"applied": 0, "rejected": 0, "ignored": 0,
                                          "failed": 0, "held_back": 0}
@@ -453,6 +464,11 @@ class CommandProcessor:
                                               f"desired/{name}, not cmd")
             raise Rejected("unknown_command", f"no command {name[:40]!r} (known: "
                                               f"{', '.join(CMD_NAMES)})")
+        if parsed.channel == "cmd" and \
+                env["_expires_at_ms"] - env["_issued_at_ms"] > CMD_MAX_VALID_MS:
+            # A bounded life keeps a captured command from being useful for long.
+            raise Rejected("malformed", f"a one-shot command may be valid for at most "
+                                        f"{CMD_MAX_VALID_MS // 3_600_000} h after issued_at")
         if target["site"] != self.site:
             raise Rejected("wrong_site", f"for site {target['site'][:40]!r}, this is {self.site}")
         if "*" not in units and self.unit not in units:
@@ -481,13 +497,26 @@ class CommandProcessor:
                                             f"the synchronised clock "
                                             f"({rfc3339_ms(view.wall_ms)}): check the "
                                             "centre's clock")
+        if view.from_future(issued):
+            known = f"the unit's lower bound on true time is {rfc3339_ms(view.lower_ms)}" \
+                if view.lower_ms is not None else "the unit knows no time yet"
+            raise Rejected("from_future", f"issued at {env['issued_at']}, implausibly far "
+                                          f"ahead: {known} (clock unsynchronised): check "
+                                          "the centre's clock")
 
     # -- one-shot commands ----------------------------------------------------------------------
 
     def _apply_cmd(self, env: dict[str, Any], scope: str, view: TimeView) -> Outcome:
         ident, name = env["id"], env["name"]
-        if self.journal.inbox_seen(ident):
+        issued = env["_issued_at_ms"]
+        record = desired.seen_get(self.journal, CMD_SEEN_KEY)
+        seen = desired.seen_before(record, ident, issued)
+        if seen == "id" or self.journal.inbox_seen(ident):
             raise Rejected("replay", f"command {ident} was received before")
+        if seen == "floor":
+            raise Rejected("replay", f"issued at {env['issued_at']}, no later than "
+                                     f"{rfc3339_ms(record['floor_ms'])}: commands that old "
+                                     f"may have been taken before")
         if name in ("snapshot", "clip") and not self.config.cameras:
             raise Rejected("unsupported", f"{name}: this unit has no camera")
         if name == "lights.test" and not self.config.lights:
@@ -500,6 +529,8 @@ class CommandProcessor:
                                        event_data=data)
         if entry is None:  # another process queued it between our check and now
             raise Rejected("replay", f"command {ident} was received before")
+        # Written just after the inbox entry, which alone refuses the id meanwhile.
+        self.journal.state_set(CMD_SEEN_KEY, desired.seen_add(record, ident, issued))
         self._advance_anchor(env, view)
         self.counters["applied"] += 1
         log.info("accepted command %s (%s) from key %s on the %s topic", name, ident, env["key"],
@@ -524,13 +555,17 @@ class CommandProcessor:
         """The anchor after an authentic message issued at ``issued_ms`` (None: unchanged).
 
         The centre signed it no earlier than ``issued_ms``, so the true time is
-        past that: an unsynchronised clock that says otherwise is behind.
+        past that: an unsynchronised clock that says otherwise is behind. One
+        message is believed only within :data:`~firmware_py.desired.PLAUSIBLE_LEAD_MS`
+        of the bound: further ahead it may as well be the centre's clock that is
+        wrong, and the bound stays where the evidence puts it.
         """
         if view.synced:
             best, source = view.wall_ms, "clock"
         else:
             lower = view.lower_ms
-            if issued_ms is None or (lower is not None and lower >= issued_ms):
+            if issued_ms is None or (lower is not None and lower >= issued_ms) or \
+                    view.unconfirmed(issued_ms):
                 return None
             best, source = issued_ms, "command"
         return {"ms": best, "boot_id": self.clock.boot_id(), "mono": self.clock.monotonic(),
@@ -546,33 +581,50 @@ class CommandProcessor:
 
     def _apply_desired(self, env: dict[str, Any], scope: str, view: TimeView) -> Outcome:
         ident, name = env["id"], env["name"]
+        self._confirm_by_clock(view)
         docs = self._docs(name)
         mine = docs[scope]
-        ids = self.journal.state_get(ids_key(name), [])
-        if not isinstance(ids, list):
-            ids = []
-        if ident in ids:
+        issued = env["_issued_at_ms"]
+        record = desired.seen_get(self.journal, seen_key(name), ids_key(name))
+        seen = desired.seen_before(record, ident, issued)
+        if seen == "id":
             raise Rejected("replay", f"document {ident} was applied before, and is no longer "
                                      f"the newest on this topic")
-        issued = env["_issued_at_ms"]
-        if mine is not None and issued <= mine["issued_ms"] and not view.too_far_ahead(
-                mine["issued_ms"]):
-            # A stored document that a synchronised clock finds in the future came
-            # from a centre whose clock was wrong: it does not lock the topic.
-            raise Rejected("older_document", f"issued at {env['issued_at']}, not after "
-                                             f"{mine.get('issued_at')} ({mine['id']}) "
-                                             f"applied on this topic")
+        # Believed: its issued_at is within what the unit's own evidence supports.
+        believed = not view.unconfirmed(issued)
+        if mine is not None:
+            mark = desired.doc_mark(mine)
+            # A stored document from beyond the unit's evidence (a centre's clock
+            # running ahead) does not lock its topic against a believed one.
+            passes = desired.confirmed(mine) or not believed
+            if (mark is not None and issued <= mark) or (passes and issued <= mine["issued_ms"]):
+                raise Rejected("older_document", f"issued at {env['issued_at']}, not after "
+                                                 f"{mine.get('issued_at')} ({mine['id']}) "
+                                                 f"applied on this topic")
+        if seen == "floor":
+            raise Rejected("replay", f"issued at {env['issued_at']}, no later than "
+                                     f"{rfc3339_ms(record['floor_ms'])}: documents that old "
+                                     f"may have been applied before")
         expires_ms = desired.args_expiry_ms(name, env["args"])
         if expires_ms is not None and expires_ms <= issued:
             raise Rejected("bad_args", f"args.expires_at {env['args'].get('expires_at')} is "
                                        f"not after issued_at {env['issued_at']}")
+        previous_mark = desired.doc_mark(mine) if mine is not None else None
         doc = {"id": ident, "name": name, "scope": scope, "args": env["args"],
                "issued_at": env["issued_at"], "issued_ms": issued,
                "expires_ms": expires_ms, "key": env["key"],
-               "received_ms": self.clock.wall_ms(), "received_synced": view.synced}
+               "received_ms": self.clock.wall_ms(), "received_synced": view.synced,
+               "received_seq": self.journal.last_seq() + 1, "confirmed": believed,
+               "mark_ms": issued if believed else previous_mark,
+               "ahead_ms": 0 if believed or view.now_ms is None else issued - view.now_ms}
+        if not believed:
+            log.warning("%s document %s is issued at %s, beyond the unit's evidence of time "
+                        "(%s): applied, but it does not move the unit's time", name, ident,
+                        env["issued_at"], rfc3339_ms(view.now_ms) if view.now_ms else "none")
         docs = {**docs, scope: doc}
         state: dict[str, Any] = {doc_key(name, scope): doc,
-                                 ids_key(name): ([*ids, ident])[-desired.IDS_KEPT:]}
+                                 seen_key(name): desired.seen_add(record, ident, issued),
+                                 ids_key(name): None}
         anchor = self._anchor_after(issued, view)
         if anchor is not None:
             state[ANCHOR_KEY] = anchor
@@ -723,6 +775,7 @@ class CommandProcessor:
         self._last_tick = stamp
         events: list[Event] = []
         self._keep_anchor()
+        self._confirm_by_clock(self._view())
         event = self._announce_level()
         if event is not None:
             events.append(event)
@@ -738,6 +791,60 @@ class CommandProcessor:
             self._limiter.held = 0
             events.append(self.journal.append("command", data))
         return events
+
+    def _confirm_by_clock(self, view: TimeView) -> None:
+        """Let a synchronised clock judge the ``issued_at`` of what is stored (once a sync).
+
+        A stored document the clock finds in its future came from a centre whose
+        clock was wrong: it is no longer confirmed, and its topic's ordering mark
+        is clamped to now, so documents issued from now on replace and outrank
+        it. One the clock finds in its past (held while the unit's bound lagged
+        behind) is confirmed. Replay floors in the clock's future are clamped.
+        """
+        if not view.synced:
+            self._judged_by_clock = False
+            return
+        if self._judged_by_clock:
+            return  # stored while synchronised: judged on receipt
+        wall, skew = view.wall_ms, desired.MAX_FUTURE_SKEW_MS
+        state: dict[str, Any] = {}
+        for name in DESIRED_NAMES:
+            for scope in desired.SCOPES:
+                doc = desired.stored_doc(self.journal, name, scope)
+                if doc is None:
+                    continue
+                future = view.too_far_ahead(doc["issued_ms"])
+                mark = desired.doc_mark(doc)
+                if future and (desired.confirmed(doc) or (mark is not None and mark > wall - skew)):
+                    log.warning("%s document %s (%s) is issued at %s, in the future of the "
+                                "synchronised clock: the centre's clock was wrong; newer "
+                                "documents replace it", name, doc["id"], scope,
+                                doc.get("issued_at"))
+                    state[doc_key(name, scope)] = {
+                        **doc, "confirmed": False,
+                        # Fuzzy by the allowed skew: the centre's clock may be a little behind.
+                        "mark_ms": None if mark is None else min(mark, wall - skew),
+                        "ahead_ms": doc.get("ahead_ms") or doc["issued_ms"] - wall}
+                elif not future and not desired.confirmed(doc):
+                    state[doc_key(name, scope)] = {
+                        **doc, "confirmed": True, "ahead_ms": 0,
+                        "mark_ms": max(mark or doc["issued_ms"], doc["issued_ms"])}
+            state.update(self._clamped_floor(seen_key(name), wall, ids_key(name)))
+        state.update(self._clamped_floor(CMD_SEEN_KEY, wall))
+        # Key by key: a crash between two leaves nothing the next tick does not redo.
+        for key, value in state.items():
+            self.journal.state_set(key, value)
+        self._judged_by_clock = True
+
+    def _clamped_floor(self, key: str, wall: int, legacy: str | None = None) -> dict[str, Any]:
+        record = desired.seen_get(self.journal, key, legacy)
+        floor, skew = record["floor_ms"], desired.MAX_FUTURE_SKEW_MS
+        if floor is None or floor <= wall + skew:
+            return {}
+        log.warning("replay record %s: floor %s is in the future of the synchronised clock; "
+                    "clamped", key, rfc3339_ms(floor))
+        # Like an ordering mark: what is issued from now on is newer than the floor.
+        return {key: {**record, "floor_ms": wall - skew}}
 
     def _keep_anchor(self) -> None:
         clock = self.clock

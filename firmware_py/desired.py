@@ -30,8 +30,8 @@ Example (the station)::
 
 State keys (all JSON, in the journal's state store) are listed in
 ``docs/mqtt-api.md``, "Commands": ``desired/{name}/{scope}``,
-``desired/{name}/ids``, ``level``, ``cards``, ``lights/override`` and
-``clock/anchor``.
+``desired/{name}/seen``, ``cmd/seen``, ``level``, ``cards``,
+``lights/override`` and ``clock/anchor``.
 """
 
 from __future__ import annotations
@@ -86,12 +86,20 @@ def doc_key(name: str, scope: str) -> str:
     return f"desired/{name}/{scope}"
 
 
-#: Ids of documents applied lately (either scope), newest last.
+#: Before the replay record: ids of the last 128 documents applied (read once, then replaced).
 def ids_key(name: str) -> str:
     return f"desired/{name}/ids"
 
 
-IDS_KEPT = 128
+#: The replay record of one document name (either scope): see :func:`seen_add`.
+def seen_key(name: str) -> str:
+    return f"desired/{name}/seen"
+
+
+#: The replay record of one-shot commands (either scope).
+CMD_SEEN_KEY = "cmd/seen"
+#: Ids a replay record keeps; older ones are covered by its floor.
+SEEN_KEPT = 128
 #: The unit's alert level, written with every ``level`` event: {level, expires_at, by, scope}.
 #: The uplink's status reports it; other features of the unit may write it too.
 LEVEL_KEY = "level"
@@ -108,6 +116,18 @@ ANCHOR_KEY = "clock/anchor"
 
 #: A message issued further than this ahead of a *synchronised* clock is not yet valid.
 MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+#: Without a synchronised clock, a message issued at most this far ahead of the unit's
+#: lower bound on true time is believed, and moves the bound (the clock was behind).
+PLAUSIBLE_LEAD_MS = 60 * 60 * 1000
+#: Without a synchronised clock, a message issued further than this ahead of the lower
+#: bound is refused (``from_future``): no unit is off that long and then commanded
+#: without NTP; a centre whose clock is that wrong is far likelier.
+FROM_FUTURE_MS = 366 * 24 * 60 * 60 * 1000
+#: With no bound at all (a new journal, no NTP yet), a message dated after this is
+#: refused: thirty years after this software was written.
+LATEST_PLAUSIBLE_MS = 2_713_910_400_000      # 2056-01-01T00:00:00Z
+#: One-shot commands may be valid for at most this long (``expires_at - issued_at``).
+CMD_MAX_VALID_MS = 24 * 60 * 60 * 1000
 MAX_CLIP_S = 600
 MAX_TEST_S = 600
 MAX_BADGE_LEN = 64
@@ -176,6 +196,25 @@ class TimeView:
     def too_far_ahead(self, t_ms: int) -> bool:
         """A synchronised clock says ``t_ms`` is more than the allowed skew in the future."""
         return self.synced and t_ms > self.wall_ms + MAX_FUTURE_SKEW_MS
+
+    def unconfirmed(self, t_ms: int) -> bool:
+        """``t_ms`` lies beyond what the unit's own evidence supports.
+
+        Synchronised: more than the allowed skew ahead of the clock. Otherwise:
+        more than :data:`PLAUSIBLE_LEAD_MS` ahead of the lower bound (never when
+        no bound is known: then a message is the only evidence there is).
+        """
+        if self.synced:
+            return self.too_far_ahead(t_ms)
+        return self.lower_ms is not None and t_ms > self.lower_ms + PLAUSIBLE_LEAD_MS
+
+    def from_future(self, t_ms: int) -> bool:
+        """An unsynchronised unit finds ``t_ms`` implausibly far ahead of all it knows."""
+        if self.synced:
+            return False
+        if self.lower_ms is None:
+            return t_ms > LATEST_PLAUSIBLE_MS
+        return t_ms > self.lower_ms + FROM_FUTURE_MS
 
 
 def anchor_lower_ms(anchor: object, clock: Clock) -> int | None:
@@ -407,28 +446,127 @@ def stored_docs(journal: Journal, name: str) -> dict[str, dict[str, Any] | None]
     return {scope: stored_doc(journal, name, scope) for scope in SCOPES}
 
 
+def confirmed(doc: Mapping[str, Any]) -> bool:
+    """Whether the unit's evidence supports the document's ``issued_at`` (see :func:`effective`)."""
+    return doc.get("confirmed", True) is not False
+
+
+def doc_mark(doc: Mapping[str, Any]) -> int | None:
+    """The ordering mark of a document's topic: the newest *confirmed* ``issued_at`` on it.
+
+    A document is refused as ``older_document`` when it is not after this mark;
+    a synchronised clock clamps a mark that lies in its future.
+    """
+    mark = doc.get("mark_ms", doc["issued_ms"] if confirmed(doc) else None)
+    return mark if _is_int(mark) else None
+
+
 def ended(doc: Mapping[str, Any], view: TimeView) -> bool:
-    return view.passed(doc.get("expires_ms"))
+    """The document's state has provably ended.
+
+    A document from beyond the unit's evidence (``confirmed`` false) is timed
+    in its own frame: it lasts as long as it says, counted from its arrival
+    (``ahead_ms`` is how far its ``issued_at`` lay ahead of the bound then).
+    """
+    end = doc.get("expires_ms")
+    if end is not None and not confirmed(doc):
+        ahead = doc.get("ahead_ms")
+        if _is_int(ahead) and ahead > 0:
+            end -= ahead
+    return view.passed(end)
+
+
+def _precedence(doc: Mapping[str, Any]) -> tuple[int, bool]:
+    return doc["issued_ms"], doc.get("scope") == "unit"
+
+
+def _first(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the (at most two) documents, the one that takes precedence.
+
+    By ``issued_at`` (on a tie the unit's own), as long as both are confirmed
+    or both are not. A document whose ``issued_at`` the unit's evidence does
+    not support (a centre's clock running ahead) competes with a confirmed one
+    by arrival instead: the later one received wins, so a document from the
+    future of the unit's time outranks what came before it, never what comes
+    after it.
+    """
+    if not docs:
+        return None
+    best = docs[0]
+    for doc in docs[1:]:
+        if confirmed(doc) == confirmed(best):
+            better = _precedence(doc) > _precedence(best)
+        else:
+            better = (doc.get("received_seq", 0), *_precedence(doc)) > \
+                (best.get("received_seq", 0), *_precedence(best))
+        if better:
+            best = doc
+    return best
 
 
 def effective(docs: Mapping[str, Mapping[str, Any] | None],
               view: TimeView) -> dict[str, Any] | None:
-    """The document in force: the newest (by ``issued_at``) that has not provably ended.
-
-    On a tie the unit's own document wins over the site's.
-    """
-    live = [dict(d) for d in docs.values() if d is not None and not ended(d, view)]
-    if not live:
-        return None
-    return max(live, key=lambda d: (d["issued_ms"], d.get("scope") == "unit"))
+    """The document in force: of those that have not provably ended, the one that
+    takes precedence (the newer by ``issued_at``; on a tie the unit's own)."""
+    return _first([dict(d) for d in docs.values() if d is not None and not ended(d, view)])
 
 
 def newest(docs: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:
-    """The newest document of either scope, whether or not it has ended."""
-    present = [dict(d) for d in docs.values() if d is not None]
-    if not present:
-        return None
-    return max(present, key=lambda d: (d["issued_ms"], d.get("scope") == "unit"))
+    """The document that takes precedence, whether or not it has ended."""
+    return _first([dict(d) for d in docs.values() if d is not None])
+
+
+# -- the replay record ---------------------------------------------------------------------------
+
+
+def seen_get(journal: Journal, key: str, legacy_key: str | None = None) -> dict[str, Any]:
+    """A replay record: ``{"floor_ms": int | None, "ids": [[id, issued_ms], ...]}``.
+
+    A record written before there was one (a list of ids under ``legacy_key``)
+    is read as ids of unknown issue time.
+    """
+    record = journal.state_get(key)
+    if isinstance(record, dict) and isinstance(record.get("ids"), list):
+        floor = record.get("floor_ms")
+        ids = [[e[0], e[1] if _is_int(e[1]) else None] for e in record["ids"]
+               if isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)]
+        return {"floor_ms": floor if _is_int(floor) else None, "ids": ids}
+    legacy = journal.state_get(legacy_key) if legacy_key else None
+    ids = [[i, None] for i in legacy if isinstance(i, str)] if isinstance(legacy, list) else []
+    return {"floor_ms": None, "ids": ids}
+
+
+def seen_before(record: Mapping[str, Any], ident: str, issued_ms: int) -> str | None:
+    """Why the record calls a message a replay: ``"id"`` (taken before), ``"floor"``
+    (issued no later than an id the record let go of), or None."""
+    if any(entry[0] == ident for entry in record["ids"]):
+        return "id"
+    floor = record["floor_ms"]
+    if floor is not None and issued_ms <= floor:
+        return "floor"
+    return None
+
+
+def seen_add(record: Mapping[str, Any], ident: str, issued_ms: int,
+             keep: int = SEEN_KEPT) -> dict[str, Any]:
+    """The record with ``ident`` taken; bounded to ``keep`` ids.
+
+    The id let go of is the one issued earliest (ids of unknown issue time
+    first), and the floor rises to its ``issued_at``: every message issued
+    no later than the floor is refused, so an id once taken stays refused for
+    ever in bounded space. Letting go of the earliest keeps the floor as low as
+    it can be: it rises past a message only once ``keep`` messages issued after
+    it were taken, so one message with a wrong ``issued_at`` cannot lift it.
+    """
+    ids = [list(e) for e in record["ids"] if e[0] != ident] + [[ident, issued_ms]]
+    floor = record["floor_ms"]
+    if len(ids) > keep:
+        ids.sort(key=lambda e: (e[1] is not None, e[1] or 0))
+        for gone in ids[: len(ids) - keep]:
+            if gone[1] is not None:
+                floor = gone[1] if floor is None else max(floor, gone[1])
+        ids = ids[len(ids) - keep:]
+    return {"floor_ms": floor, "ids": ids}
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,7 @@ def test_send_usage_errors_exit_2(centre_key: tuple[SigningKey, Path],
     no_version.write_text("[]")
     assert main(["send", "cards", str(no_version), *base]) == 2
     assert main(["send", "cmd", "clip", "seconds=9999", *base]) == 2
+    assert main(["send", "cmd", "rebirth", "--valid-for", "2d", *base]) == 2
     assert main(["send", "level", "1", *base[:2], "--key", str(tmp_path / "nope"),
                  *base[4:]]) == 2
     with pytest.raises(SystemExit) as err:
@@ -296,6 +297,7 @@ def test_send_usage_errors_exit_2(centre_key: tuple[SigningKey, Path],
     assert err.value.code == 2
     err_text = capsys.readouterr().err
     assert "dance" in err_text and "version" in err_text and "clip.seconds" in err_text
+    assert "at most 24 h" in err_text
 
 
 def test_send_to_a_broker_that_is_not_there_fails_quickly(
