@@ -233,7 +233,9 @@ def test_reader_unplug_and_replug_reach_the_journal(station: Callable[..., Stati
                         "the reader offline")
     assert "port lost" in off.data["detail"]
     assert st.journal.state_get(reader_key("main"))["state"] == "offline"
-    assert read_status(st.config.unit.runtime_dir)["readers"]["main"]["state"] == "offline"
+    # The status file is rewritten just after the event's commit: wait for it, not a race.
+    assert wait_until(lambda: read_status(st.config.unit.runtime_dir)["readers"]["main"]["state"]
+                      == "offline", 10)
     reader.sim.replug()                        # type: ignore[attr-defined]
     st.wait_event(lambda e: e.kind == "reader" and e.data["state"] == "online"
                   and e.seq > off.seq, "the reader back online")
