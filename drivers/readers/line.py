@@ -97,7 +97,7 @@ def dec_line_to_card(text: str) -> str:
         raise CardIdImplausible(f"{text!r}: {len(text)} digits, a decimal card number has "
                                 f"{MIN_DEC_DIGITS} or more (e.g. 0009357203)")
     value = int(text)
-    if value <= 0xFFFFFFFF:
+    if len(text) == MIN_DEC_DIGITS and value <= 0xFFFFFFFF:
         return f"{value:08X}"
     for size in (5, 7, 10):
         if value < 1 << (8 * size):

@@ -87,6 +87,7 @@ def test_bad_hex_lines_raise_value_error(text: str) -> None:
     ("4294967295", "FFFFFFFF"),
     ("85908703123", "14008EC793"),    # the whole 40-bit EM4100 number
     ("142,51091", "8EC793"),          # Wiegand-26 facility,card
+    ("00000009357203", "00008EC793"),            # past 10 digits: 5 bytes at least
     ("72057594037927935", "FFFFFFFFFFFFFF"),     # 2**56 - 1: 7 bytes
     ("72057594037927936", "00000100000000000000"),  # 2**56: 10 bytes
 ])
