@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -200,6 +201,19 @@ class ReaderConfig(Section):
     power_pin: GpioPin | None = None
     # `line` readers: how the card number is written on the line.
     number_format: Literal["auto", "hex", "dec"] = "auto"
+    # `rdm6300` readers: the one frame form read, 14 bytes or the RF125-PS 13.
+    frame: Literal["rdm6300", "rf125"] = "rdm6300"
+
+    @field_validator("frame")
+    @classmethod
+    def _frame_is_for_rdm6300(cls, value: str, info: ValidationInfo) -> str:
+        driver = info.data.get("driver")
+        if driver is not None and driver != "rdm6300":
+            hint = ' (a sim reader takes its form from port, e.g. "sim://rf125")' \
+                if driver == "sim" else ""
+            raise ValueError(f'only an "rdm6300" reader has a frame form, this one is '
+                             f'"{driver}"{hint}')
+        return value
 
 
 class FeedbackSection(Section):

@@ -244,6 +244,20 @@ def test_reader_unplug_and_replug_reach_the_journal(station: Callable[..., Stati
     _validated(st.events("reader"))
 
 
+def test_reader_noise_counts_reach_the_health_object(station: Callable[..., Station],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CheckinPart, "health_every_s", 0.2)
+    st = station()
+    st.part.readers["main"].sim.write(b"\x02G" * 120)   # type: ignore[attr-defined]
+    health = wait_until(lambda: (h := st.journal.state_get(reader_key("main")))
+                        and h.get("bad_frames") == 120 and h, 10)
+    # 120 malformed frames are one to two "only noise" episodes (as reads happen to
+    # split them): the first is logged, a second within the minute is not.
+    assert health["noise_bytes"] == 240 and health["noise_warnings"] == 1
+    assert health["noise_warnings_dropped"] == health["errors"]["hung"] - 1
+    assert st.tap(PO1).data["decision"] == "accepted"      # the reader still reads
+
+
 def test_duty_at_a_kiosk_toggles_with_handover(station: Callable[..., Station],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CheckinPart, "reader_defaults", {"hold_s": 0.0})

@@ -74,6 +74,16 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
      "readers[0].baud: must be one of 9600, 19200, 38400, 57600, 115200, got 9601"),
     ("reader port", {"readers": [{"name": "m", "driver": "line"}]},
      "readers[0].port: required key is missing"),
+    ("frame form", {"readers": [{"name": "m", "driver": "rdm6300", "port": "/dev/serial0",
+                                 "frame": "rf126"}]},
+     'readers[0].frame: must be one of "rdm6300", "rf125", got "rf126"'),
+    ("frame only for rdm6300", {"readers": [{"name": "m", "driver": "line",
+                                             "port": "/dev/ttyUSB0", "frame": "rf125"}]},
+     'readers[0].frame: only an "rdm6300" reader has a frame form, this one is "line"'),
+    ("frame of a sim", {"readers": [{"name": "m", "driver": "sim", "port": "sim",
+                                     "frame": "rf125"}]},
+     'readers[0].frame: only an "rdm6300" reader has a frame form, this one is "sim" '
+     '(a sim reader takes its form from port, e.g. "sim://rf125")'),
     ("pin range", {"feedback": {"ok_led": 40}}, "feedback.ok_led: must be at most 27, got 40"),
     ("pin type", {"feedback": {"buzzer": "GPIO22"}}, 'feedback.buzzer: expected int, got "GPIO22"'),
     ("light pins", {"lights": {"warning": {"pins": [5, 6, 7]}}},
@@ -166,6 +176,13 @@ def test_all_problems_are_listed_at_once(tmp_path: Path) -> None:
                      readers=[{"name": "m", "driver": "rdm6300", "port": "p", "baud": 1}])
     assert [line.split(":")[0] for line in found] == ["unit.id", "unit.kind", "mqtt.port",
                                                      "readers[0].baud"]
+
+
+def test_an_rdm6300_reader_reads_the_14_byte_form_unless_told_rf125(tmp_path: Path) -> None:
+    readers = [{"name": "a", "driver": "rdm6300", "port": "/dev/serial0"},
+               {"name": "b", "driver": "rdm6300", "port": "/dev/ttyUSB0", "frame": "rf125"}]
+    cfg = parse_config(merge(base_document(tmp_path), {"readers": readers}))
+    assert [r.frame for r in cfg.readers] == ["rdm6300", "rf125"]
 
 
 def test_defaults_follow_the_contract(tmp_path: Path) -> None:
