@@ -701,7 +701,16 @@ def _role(role: Any) -> str:
     return _(ROLE_LABELS[role]) if role in ROLE_LABELS else str(role)
 
 
-def _describe(entry: Mapping[str, Any]) -> str:
+def _local(value: Any, tz: ZoneInfo) -> str:
+    """A UTC time of the card list as the station thinks of it: local, to the minute."""
+    try:
+        ms = time_ms(value)
+    except ArgsInvalid:
+        return str(value)
+    return datetime.fromtimestamp(ms / 1000, tz).strftime("%Y-%m-%d %H:%M")
+
+
+def _describe(entry: Mapping[str, Any], tz: ZoneInfo) -> str:
     parts = [str(entry.get("badge", ""))]
     if entry.get("name"):
         parts.append(str(entry["name"]))
@@ -714,11 +723,14 @@ def _describe(entry: Mapping[str, Any]) -> str:
             parts.append(str(entry[column]))
     if entry.get("valid_from") or entry.get("valid_to"):
         parts.append(_("valid {start} to {end}").format(
-            start=entry.get("valid_from") or "…", end=entry.get("valid_to") or "…"))
+            start=_local(entry["valid_from"], tz) if entry.get("valid_from") else "…",
+            end=_local(entry["valid_to"], tz) if entry.get("valid_to") else "…"))
     return "  ".join(parts)
 
 
-def _value(name: str, value: Any) -> str:
+def _value(name: str, value: Any, tz: ZoneInfo) -> str:
+    if name.startswith("valid_") and value:
+        return _local(value, tz)
     if name == "role":
         return _role(value)
     if name == "leader":
@@ -731,20 +743,21 @@ FIELD_LABELS = {"badge": N_("badge"), "name": N_("name"), "role": N_("role"),
                 "valid_from": N_("valid from"), "valid_to": N_("valid to")}
 
 
-def print_diff(result: Diff, rows: Sequence[Row], out: IO[str]) -> None:
+def print_diff(result: Diff, rows: Sequence[Row], out: IO[str], tz: ZoneInfo) -> None:
+    """The diff for the station; validity in the site's local time."""
     width = max([len(r.card) for r in rows] + [len(e["card"]) for e in result.removed] + [8])
     added, removed, changed = _("added"), _("removed"), _("changed")
     pad = max(len(added), len(removed), len(changed))
     for row in result.added:
-        print(f"  {added:<{pad}} {row.card:<{width}}  {_describe(row.as_dict())}", file=out)
+        print(f"  {added:<{pad}} {row.card:<{width}}  {_describe(row.as_dict(), tz)}", file=out)
     for entry in result.removed:
-        print(f"  {removed:<{pad}} {entry['card']:<{width}}  {_describe(entry)}", file=out)
+        print(f"  {removed:<{pad}} {entry['card']:<{width}}  {_describe(entry, tz)}", file=out)
     for row, old, names in result.changed:
         new = row.as_dict()
         changes = "; ".join(
             _("{field} {old} → {new}").format(field=_(FIELD_LABELS[n]),
-                                              old=_value(n, old.get(n)),
-                                              new=_value(n, new.get(n)))
+                                              old=_value(n, old.get(n), tz),
+                                              new=_value(n, new.get(n), tz))
             for n in names)
         print(f"  {changed:<{pad}} {row.card:<{width}}  {row.badge}: {changes}", file=out)
     print(_("{added} added, {removed} removed, {changed} changed, {same} unchanged").format(
@@ -888,7 +901,7 @@ def _diff_and_publish(args: argparse.Namespace, out: IO[str], table: Table, rows
                       register=in_force.version if in_force.version is not None
                       else _("(none)")), file=out)
     result = diff(rows, in_force)
-    print_diff(result, rows, out)
+    print_diff(result, rows, out, ZoneInfo(args.timezone))
 
     known = [v for v in (in_force.version, broker_version) if v is not None]
     version = max(known) + 1 if known else 1

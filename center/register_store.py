@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -107,9 +108,12 @@ class RegisterStore:
         if not self.path.exists() and not create:
             return
         try:
+            if not self.path.exists():
+                # Names of people: the file is the centre's alone, like the ledger's.
+                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
             self._setup(create)
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             self.close()
             raise RegisterStoreError(f"{self.path} is not a usable register: {err}") from err
         except BaseException:
