@@ -53,7 +53,7 @@ import paho.mqtt.client as mqtt
 
 from drivers.exc import CardPatternInvalid
 from drivers.readers.cardid import parse_card_pattern
-from firmware_py import topics
+from firmware_py import desired, topics
 from firmware_py.commands import MAX_PAYLOAD_BYTES
 from firmware_py.desired import MAX_BADGE_LEN, ArgsInvalid, card_form_ok, time_ms, validate_args
 from firmware_py.exc import SignatureError
@@ -126,7 +126,7 @@ ALIASES = {"工号": "badge", "姓名": "name", "角色": "role", "所领导": "
            "巡区": "zone", "卡号": "card", "生效": "valid_from", "失效": "valid_to"}
 HEADINGS = {v: k for k, v in ALIASES.items()}
 
-ROLES = ("police", "auxiliary", "patrol", "village")
+ROLES = desired.ROLES
 ROLE_ALIASES = {"民警": "police", "协警": "auxiliary", "专职巡防队员": "patrol",
                 "护村队员": "village"}
 ROLE_LABELS = {"police": N_("police"), "auxiliary": N_("auxiliary"), "patrol": N_("patrol"),
@@ -137,6 +137,8 @@ FALSE_WORDS = {"", "false", "no", "n", "0", "否"}
 MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 64
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+#: Validity dates a card list can carry (four-digit years, after the epoch).
+MIN_YEAR, MAX_YEAR = 1970, 9998
 #: Room left in the units' 256 KiB message limit for the envelope around the list.
 ENVELOPE_ROOM = 1024
 
@@ -175,6 +177,9 @@ class Problem:
             return self.message
         if self.column is None:
             return _("line {line}: {message}").format(line=self.line, message=self.message)
+        if not self.heading:
+            return _("line {line}, column {column}: {message}").format(
+                line=self.line, column=column_letter(self.column), message=self.message)
         return _("line {line}, column {column} ({heading}): {message}").format(
             line=self.line, column=column_letter(self.column), heading=self.heading or "",
             message=self.message)
@@ -379,6 +384,8 @@ class _Checker:
             return None, None
         try:
             m = _DATE_RE.match(value)
+            if m and end and m.group(1) == "9999":
+                return None, None       # Excel's "for ever"
             if m:
                 day = date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
                 if end:
@@ -392,11 +399,14 @@ class _Checker:
                     local = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
                 else:
                     raise ValueError(value)
+            utc = local.astimezone(UTC)
+            if not MIN_YEAR <= utc.year <= MAX_YEAR:
+                raise ValueError(value)
         except (ValueError, OverflowError):
             return None, _("{value!r} is not a date or time: give 2026-12-01, "
                            "2026-12-01 08:00 (site time) or 2026-12-01T00:00:00Z").format(
                 value=value)
-        return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), None
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ"), None
 
     # -- the sheet --
 
@@ -905,7 +915,10 @@ def _diff_and_publish(args: argparse.Namespace, out: IO[str], table: Table, rows
 
     known = [v for v in (in_force.version, broker_version) if v is not None]
     version = max(known) + 1 if known else 1
-    cards = build_cards(rows, version)
+    try:
+        cards = build_cards(rows, version)
+    except ArgsInvalid as err:  # the rows were checked: a unit's rule this file does not know
+        return _fail(str(err), 2)
     size = len(json.dumps(cards, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     if size + ENVELOPE_ROOM > MAX_PAYLOAD_BYTES:
         print(_("the card list is {size} bytes: over the units' limit of {limit} bytes; "

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from babel.messages.extract import extract_from_file
@@ -142,12 +143,26 @@ def test_xlsx_written_by_openpyxl_with_typed_cells(tmp_path: Path,
     ("2026-12-01 08:30", False, "2026-12-01T00:30:00Z"),
     ("2026-12-01T08:30:00+08:00", True, "2026-12-01T00:30:00Z"),
     ("2026-12-01T00:30:00Z", False, "2026-12-01T00:30:00Z"),
+    ("2026-12-01T00:30:00.250z", False, "2026-12-01T00:30:00Z"),
 ])
 def test_dates_are_rfc_3339_or_in_the_sites_time_zone(text: str, end: bool, want: str) -> None:
-    from zoneinfo import ZoneInfo
-
     checker = register._Checker(ZoneInfo("Asia/Shanghai"))
     assert checker.when(text, end) == (want, None)
+
+
+def test_an_end_in_the_year_9999_is_no_end() -> None:
+    checker = register._Checker(ZoneInfo("Asia/Shanghai"))
+    assert checker.when("9999-12-31", end=True) == (None, None)
+    assert checker.when("9999-12-31", end=False)[0] is None
+
+
+@pytest.mark.parametrize("text", ["0001-01-01", "2026-02-30", "2026-12-01 25:00",
+                                  "01/12/2026", "明天", "2026-12-01T08:00+0800"])
+def test_what_is_not_a_usable_date_is_a_problem_not_a_crash(text: str) -> None:
+    checker = register._Checker(ZoneInfo("Asia/Shanghai"))
+    for end in (False, True):
+        value, why = checker.when(text, end)
+        assert value is None and why is not None and repr(text) in why
 
 
 # -- every problem, with its line and column ----------------------------------------------------
@@ -217,7 +232,7 @@ def test_every_row_problem_names_its_line_and_column(
     assert code == 2
     assert f"{path}: {len(EXPECTED)} problems; nothing was sent" in out
     assert "line 6, column G (卡号): '14008EC7ZZ' is not a card id" in out
-    assert "line 14, column J (): a value in a column without a known heading" in out
+    assert "line 14, column J: a value in a column without a known heading" in out
     assert "version" not in out
 
 
