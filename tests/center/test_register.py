@@ -450,8 +450,8 @@ def test_publish_is_applied_by_the_units_and_each_import_is_one_version_up(
     assert [v.version for v in store.history()] == [1, 2]
     assert store.version(1) is not None and len(store.version(1).entries) == 5
     store.close()
-    versions = [s.doc["args"]["version"] for s in wire.on("desired") if s.doc]
-    assert versions == [1, 2]
+    wait_until(lambda: [s.doc["args"]["version"] for s in wire.on("desired") if s.doc] == [1, 2],
+               10, "versions 1 and 2 on the wire, and no other")
 
 
 def test_the_version_follows_the_broker_when_the_register_is_behind_it(
