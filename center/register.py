@@ -22,7 +22,10 @@ Everything the station reads is in the ``register`` message catalogue
     6 added, 0 removed, 0 changed, 0 unchanged
     version 1 (not sent: add --publish)
 
-Exit status: 0 when the file is good (and, with ``--publish``, every unit
+``cards history --db FILE --site S [--version N]`` lists the versions the
+register holds, or the people and cards of one.
+
+Exit status of ``import``: 0 when the file is good (and, with ``--publish``, every unit
 expected to answer applied it); 1 when the broker failed or a unit rejected or
 did not answer; 2 for a bad file, bad rows or bad usage (nothing is sent).
 """
@@ -75,8 +78,8 @@ if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 __all__ = ["COLUMNS", "ROLES", "Diff", "InForce", "Problem", "RegisterError", "Row", "Table",
-           "add_parser", "build_cards", "check_rows", "cmd_import", "diff", "read_table",
-           "retained_cards", "use_language"]
+           "add_parser", "build_cards", "check_rows", "cmd_history", "cmd_import", "diff",
+           "read_table", "retained_cards", "use_language"]
 
 # -- messages -----------------------------------------------------------------------------------
 
@@ -809,17 +812,23 @@ def print_report(report: Report, out: IO[str], waited: bool) -> None:
 # -- the command --------------------------------------------------------------------------------
 
 
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"xunfang cards import: {message}", file=sys.stderr)
+    print(f"xunfang cards: {message}", file=sys.stderr)
     return code
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     use_language(args.lang)
     out = sys.stdout
-    try:
-        tz = ZoneInfo(args.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    tz = _zone(args.timezone)
+    if tz is None:
         return _fail(_("unknown time zone {tz!r} (e.g. Asia/Shanghai)").format(
             tz=args.timezone), 2)
     if args.publish and (args.broker is None or args.key is None):
@@ -953,12 +962,52 @@ def _diff_and_publish(args: argparse.Namespace, out: IO[str], table: Table, rows
     return 0 if report.ok() else 1
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    """``cards history``: the versions in the register, or the people of one version."""
+    use_language(args.lang)
+    tz = _zone(args.timezone)
+    if tz is None:
+        return _fail(_("unknown time zone {tz!r} (e.g. Asia/Shanghai)").format(
+            tz=args.timezone), 2)
+    if not Path(args.db).exists():
+        return _fail(_("no register at {file}").format(file=args.db), 2)
+    try:
+        store = RegisterStore(args.db, args.site)
+    except RegisterStoreError as err:
+        return _fail(str(err), 2)
+    try:
+        history = store.history()
+        if args.version is None:
+            print(ngettext("register {file}, site {site}: {n} version",
+                           "register {file}, site {site}: {n} versions", len(history)).format(
+                file=args.db, site=args.site, n=len(history)))
+            for info in history:
+                print("  " + _("version {version}  sent {when}  {n} cards  from {source}  "
+                               "id {id}").format(
+                    version=info.version, when=_local(info.issued_at, tz), n=info.cards,
+                    source=info.source, id=info.envelope_id))
+            return 0
+        stored = store.version(args.version)
+        if stored is None:
+            return _fail(_("register {file} has no version {version} of site {site}").format(
+                file=args.db, version=args.version, site=args.site), 2)
+        print(_("version {version}  sent {when}  {n} cards  from {source}  id {id}").format(
+            version=stored.version, when=_local(stored.info.issued_at, tz),
+            n=stored.info.cards, source=stored.info.source, id=stored.info.envelope_id))
+        width = max([len(e["card"]) for e in stored.entries] + [8])
+        for entry in stored.entries:
+            print(f"  {entry['card']:<{width}}  {_describe(entry, tz)}")
+        return 0
+    finally:
+        store.close()
+
+
 def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "cards", help="the register of people and cards (command centre)",
         description="Import the station's register (CSV or XLSX) and send the units' "
                     "card list.")
-    sub = p.add_subparsers(dest="cards_command", metavar="{import}", required=True)
+    sub = p.add_subparsers(dest="cards_command", metavar="{import,history}", required=True)
     imp = sub.add_parser(
         "import", help="check a register file, show what changes, and publish it",
         description="Check every row of a register (CSV in UTF-8 or GB18030, or XLSX), "
@@ -982,4 +1031,17 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
                      help="how long units may apply the list (365d)")
     add_broker_arguments(imp, required=False)
     imp.set_defaults(func=cmd_import)
+
+    hist = sub.add_parser(
+        "history", help="the versions kept in the centre's register, or one version's cards",
+        description="List the card-list versions recorded in the register (--db), or with "
+                    "--version N the people and cards of that version.")
+    hist.add_argument("--db", required=True, metavar="FILE", help="the centre's register")
+    hist.add_argument("--site", type=site_name, required=True, help="the units' site")
+    hist.add_argument("--version", type=int, metavar="N", help="show the cards of version N")
+    hist.add_argument("--timezone", default=DEFAULT_TIMEZONE, metavar="TZ",
+                      help=f"the site's time zone, for the times shown ({DEFAULT_TIMEZONE})")
+    hist.add_argument("--lang", choices=list(LANGUAGES), default=DEFAULT_LANGUAGE,
+                      help="language of the output (zh-CN)")
+    hist.set_defaults(func=cmd_history)
     return p

@@ -452,6 +452,20 @@ def test_publish_is_applied_by_the_units_and_each_import_is_one_version_up(
     store.close()
     wait_until(lambda: [s.doc["args"]["version"] for s in wire.on("desired") if s.doc] == [1, 2],
                10, "versions 1 and 2 on the wire, and no other")
+    # The history the station can read back.
+    assert main(["cards", "history", "--db", str(db), "--site", SITE, "--lang", "en"]) == 0
+    out = capsys.readouterr().out
+    assert f"register {db}, site {SITE}: 2 versions" in out
+    assert re.search(r"version 1  sent \d{4}-\d\d-\d\d \d\d:\d\d  5 cards  from register.csv  "
+                     r"id [0-9a-f]{32}", out)
+    assert main(["cards", "history", "--db", str(db), "--site", SITE, "--version", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "5 张卡" in out and "04A1B2C3D4E5F6  V-221  欧阳娜娜  护村队员  G2  Z2" in out
+    assert main(["cards", "history", "--db", str(db), "--site", SITE, "--version", "9",
+                 "--lang", "en"]) == 2
+    assert "has no version 9 of site zhuantang" in capsys.readouterr().err
+    assert main(["cards", "history", "--db", str(tmp_path / "none.db"), "--site", SITE]) == 2
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_the_version_follows_the_broker_when_the_register_is_behind_it(
