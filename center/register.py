@@ -528,21 +528,16 @@ class _Checker:
                headings: Mapping[str, str]) -> None:
         """Problems between rows: a card listed twice (in any of its forms), and one badge
         with two different people."""
-        by_form: dict[tuple[str, int | str], Row] = {}
+        cards = _CardOverlaps()
         by_badge: dict[str, Row] = {}
         for row in rows:
-            for key in _card_keys(row.card):
-                first = by_form.get(key)
-                if first is not None:
-                    message = _("card {card} is already on line {line}").format(
-                        card=row.card, line=first.line) if first.card == row.card else \
-                        _("{card} names the same card as {other} on line {line}").format(
-                            card=row.card, other=first.card, line=first.line)
-                    self.add(row.line, where["card"], headings["card"], message)
-                    break
-            else:
-                for key in _card_keys(row.card):
-                    by_form[key] = row
+            first = cards.add(row)
+            if first is not None:
+                message = _("card {card} is already on line {line}").format(
+                    card=row.card, line=first.line) if first.card == row.card else \
+                    _("{card} can match the same tag as {other} on line {line}").format(
+                        card=row.card, other=first.card, line=first.line)
+                self.add(row.line, where["card"], headings["card"], message)
             first = by_badge.setdefault(row.badge, row)
             if first is row:
                 continue
@@ -555,22 +550,51 @@ class _Checker:
                     break
 
 
-def _card_keys(card: str) -> list[tuple[str, int | str]]:
-    """Keys under which two card forms that can match one tag collide.
+class _CardOverlaps:
+    """Finds card-list entries that can match one tag.
 
-    A hex id of up to five bytes is also its low 32 bits (what ``dec:`` names) and its
-    low 24 bits (what ``w26:`` names); ``dec:`` is also its own low 24 bits.
+    A hex id matches itself only; ``dec:`` a tag of up to five bytes by its low 32
+    bits, ``w26:`` by its low 24. So a short hex id overlaps the ``dec:`` of its low
+    32 bits and the ``w26:`` of its low 24, and ``dec:`` the ``w26:`` of its low 24;
+    two different hex ids never overlap, nor two different ``dec:`` numbers.
     """
-    p = parse_card_pattern(card)
-    if p.kind == "hex":
-        if len(p.text) > 10:
-            return [("hex", p.text)]
-        value = int(p.text, 16)
-        return [("hex", p.text), ("dec", value & 0xFFFFFFFF), ("w26", value & 0xFFFFFF)]
-    assert isinstance(p.value, int)
-    if p.kind == "dec":
-        return [("dec", p.value), ("w26", p.value & 0xFFFFFF)]
-    return [("w26", p.value)]
+
+    def __init__(self) -> None:
+        self.exact: dict[tuple[str, int | str], Row] = {}
+        self.hex_low32: dict[int, Row] = {}
+        self.hex_low24: dict[int, Row] = {}
+        self.dec_low24: dict[int, Row] = {}
+
+    def add(self, row: Row) -> Row | None:
+        """Note ``row``; the earlier row it overlaps, if any (then it is not noted)."""
+        p = parse_card_pattern(row.card)
+        if p.kind == "hex":
+            assert isinstance(p.value, str)
+            short = len(p.value) <= 10
+            value = int(p.value, 16)
+            hits = [self.exact.get(("hex", p.value))]
+            if short:
+                hits += [self.exact.get(("dec", value & 0xFFFFFFFF)),
+                         self.exact.get(("w26", value & 0xFFFFFF))]
+        else:
+            assert isinstance(p.value, int)
+            value = p.value
+            if p.kind == "dec":
+                hits = [self.exact.get(("dec", value)), self.hex_low32.get(value),
+                        self.exact.get(("w26", value & 0xFFFFFF))]
+            else:
+                hits = [self.exact.get(("w26", value)), self.hex_low24.get(value),
+                        self.dec_low24.get(value)]
+        first = next((h for h in hits if h is not None), None)
+        if first is not None:
+            return first
+        self.exact[(p.kind, p.value)] = row
+        if p.kind == "hex" and short:
+            self.hex_low32.setdefault(value & 0xFFFFFFFF, row)
+            self.hex_low24.setdefault(value & 0xFFFFFF, row)
+        elif p.kind == "dec":
+            self.dec_low24.setdefault(value & 0xFFFFFF, row)
+        return None
 
 
 def check_rows(table: Table, timezone: str = DEFAULT_TIMEZONE) -> tuple[list[Row], list[Problem]]:

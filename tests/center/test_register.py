@@ -205,7 +205,7 @@ EXPECTED = [
     (6, "G", "卡号", "'14008EC7ZZ' is not a card id"),
     (7, "G", "卡号", "'123456': a hex card id has 8, 10, 14 or 20 digits"),
     (8, "G", "卡号", "card 14008EC793 is already on line 2"),
-    (9, "G", "卡号", "dec:0009357203 names the same card as 14008EC793 on line 2"),
+    (9, "G", "卡号", "dec:0009357203 can match the same tag as 14008EC793 on line 2"),
     (10, "B", "姓名", "badge P-001 is also on line 2 with another 姓名: one badge is one person"),
     (11, "A", "工号", "a value is required"),
     (11, "B", "姓名", "a value is required"),
@@ -234,6 +234,27 @@ def test_every_row_problem_names_its_line_and_column(
     assert "line 6, column G (卡号): '14008EC7ZZ' is not a card id" in out
     assert "line 14, column J: a value in a column without a known heading" in out
     assert "version" not in out
+
+
+@pytest.mark.parametrize(("first", "second", "overlap"), [
+    ("14008EC793", "15008EC793", False),          # two tags: hex matches exactly
+    ("14008EC793", "dec:0009357203", True),       # its printed number
+    ("14008EC793", "w26:142,51091", True),        # its Wiegand-26 view
+    ("dec:0009357203", "w26:142,51091", True),
+    ("dec:0009357203", "dec:0026134419", False),  # same low 24 bits, different numbers
+    ("w26:142,51091", "dec:0026134419", True),
+    ("04A1B2C3", "dec:0077705923", True),         # a 4-byte UID read as a number
+    ("04A1B2C3D4E5F6", "dec:0000000001", False),  # 7-byte UIDs have no printed forms
+    ("w26:1,2", "w26:001,2", True),               # one form, two spellings
+])
+def test_a_card_named_twice_in_any_of_its_forms_is_found(first: str, second: str,
+                                                          overlap: bool, tmp_path: Path) -> None:
+    path = tmp_path / "register.csv"
+    path.write_text(csv_text(f'P-1,甲,民警,,,,"{first}",,', f'P-2,乙,民警,,,,"{second}",,'),
+                    encoding="utf-8")
+    register.use_language("en")
+    _, problems = check_rows(read_table(path))
+    assert [(p.line, p.heading) for p in problems] == ([(3, "卡号")] if overlap else [])
 
 
 def test_problems_are_in_chinese_by_default(tmp_path: Path,
