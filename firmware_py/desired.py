@@ -76,7 +76,8 @@ CMD_CONSUMERS = {"rebirth": "uplink", "snapshot": "camera", "clip": "camera",
                  "lights.test": "station"}
 SCOPES = ("unit", "site")
 DEFAULT_LEVEL = 3
-ROLES = ("police", "patrol", "village")
+#: Card-list roles: 民警, 协警, 专职巡防队员, 护村队员. A ``leader`` (所领导) is police.
+ROLES = ("police", "auxiliary", "patrol", "village")
 
 # -- state keys -------------------------------------------------------------------------------
 
@@ -349,7 +350,7 @@ def _validate_cards(args: Mapping[str, Any]) -> None:
         where = f"cards[{i}]"
         if not isinstance(entry, dict):
             raise ArgsInvalid(f"{where} must be an object")
-        _only(entry, ("card", "badge", "role", "valid_from", "valid_to"), where)
+        _only(entry, ("card", "badge", "role", "leader", "valid_from", "valid_to"), where)
         card = entry.get("card")
         if not isinstance(card, str) or not card_form_ok(card):
             raise ArgsInvalid(f"{where}.card must be a hex id (upper case, 8/10/14/20 digits), "
@@ -364,6 +365,11 @@ def _validate_cards(args: Mapping[str, Any]) -> None:
         if entry.get("role") not in ROLES:
             raise ArgsInvalid(f"{where}.role must be one of {', '.join(ROLES)}, "
                               f"got {_show(entry.get('role'))}")
+        leader = entry.get("leader", False)
+        if not isinstance(leader, bool):
+            raise ArgsInvalid(f"{where}.leader must be true or false, got {_show(leader)}")
+        if leader and entry["role"] != "police":
+            raise ArgsInvalid(f"{where}: a leader must be police, not {entry['role']}")
         start = end = None
         if entry.get("valid_from") is not None:
             start = time_ms(entry["valid_from"], f"{where}.valid_from")

@@ -170,6 +170,24 @@ def test_taps_become_checkins_then_a_visit_with_the_right_signals(
     assert health["state"] == "online" and health["driver"] == "sim"
 
 
+def test_an_auxiliary_and_a_leader_tap_in_with_their_roles(
+        station: Callable[..., Station]) -> None:
+    st = station(patrol={"visit_gap_s": 1})
+    leader, auxiliary = "0000000501", "0000000502"
+    # The list the register import sends: a station leader (police) and an auxiliary.
+    put_cards(st.journal, [*CARDS, {"card": leader, "badge": "LD-1", "role": "police",
+                                    "leader": True},
+                           {"card": auxiliary, "badge": "AU-1", "role": "auxiliary"}], 2)
+    first = st.tap(leader)
+    assert first.data["decision"] == "accepted" and first.data["role"] == "police"
+    second = st.tap(auxiliary)
+    assert second.data["decision"] == "accepted" and second.data["role"] == "auxiliary"
+    visit = st.wait_event(lambda e: e.kind == "visit", "the visit closing")
+    assert visit.data["roles"] == {"police": 1, "auxiliary": 1}
+    assert visit.data["two_person"] and not visit.data["police_led"]
+    _validated(st.events())
+
+
 def test_green_shows_only_after_the_commit_returned(station: Callable[..., Station]) -> None:
     st = station()
     green = st.factory.pin(OK_LED)
