@@ -32,20 +32,31 @@ from .runtime import COMPONENT_NAMES, Runtime, setup_logging
 log = logging.getLogger("xunfang.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: Problems printed at most; a file with more says how many it left out.
+MAX_PROBLEM_LINES = 50
 
 # Modules that add their own subcommands with ``add_parser(subparsers)``.
 SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.send", "center.watch",
                       "firmware_py.check", "firmware_py.sim"]
 
 
-def _load_or_exit(path: str) -> UnitConfig:
-    """Load the config; print every problem and exit 2 when it is bad."""
+def _load_or_exit(path: str, *, check_files: bool = False) -> UnitConfig:
+    """Load the config; print every problem and exit 2 when it is bad.
+
+    One problem is one line (``FILE: key.path: what is wrong``), for the
+    journal; more are listed under a heading, one a line.
+    """
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigInvalid as err:
+        if len(err.problems) == 1:
+            print(f"{err.path}: {err.problems[0]}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
         print(f"{err.path}: configuration has {len(err.problems)} problem(s):", file=sys.stderr)
-        for line in err.problems:
+        for line in err.problems[:MAX_PROBLEM_LINES]:
             print(f"  {line}", file=sys.stderr)
+        if len(err.problems) > MAX_PROBLEM_LINES:
+            print(f"  … and {len(err.problems) - MAX_PROBLEM_LINES} more", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     except ConfigError as err:
         print(str(err), file=sys.stderr)
@@ -56,7 +67,7 @@ def _load_or_exit(path: str) -> UnitConfig:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = _load_or_exit(args.config, check_files=True)
     u = cfg.unit
     print(f"{args.config}: ok: unit {u.id} ({u.kind}) of site {u.site}; "
           f"{len(cfg.readers)} reader(s), {len(cfg.lights)} light(s), "
@@ -84,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime.install_signal_handlers()
     try:
         runtime.start()
-    except JournalError as err:
+    except (JournalError, OSError) as err:
+        # A data_dir this user may not create or write, a read-only card: say so in one line.
         log.critical("cannot start: %s", err)
         runtime.stop()
         return EXIT_FAILED
