@@ -505,8 +505,13 @@ def test_config_check_reports_missing_and_unusable_credential_files(tmp_path: Pa
         f"  mqtt.tls.ca: {tmp_path / 'tls' / 'ca.pem'} does not exist",
         f"  mqtt.tls.key: {tmp_path / 'tls' / 'unit.key'} is a directory, not a file",
     ]
-    # The daemons do not refuse to start over them: the station works without the broker,
-    # and the uplink says what it cannot read each time it tries.
+    # The daemons do not refuse to start over them (the services check with their
+    # component's name): the station works without the broker, and the uplink says what
+    # it cannot read each time it tries, and takes the files when they appear.
+    for component in ("station", "camera", "uplink"):
+        proc = subprocess.run([str(XUNFANG), "config", "check", "-c", str(path), component],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
     assert load_config(path).mqtt.tls is not None
     (tmp_path / "secret").mkdir()
     (tmp_path / "secret" / "mqtt.pw").write_text("pw\n")
