@@ -489,14 +489,14 @@ def cross_problems(data: Mapping[str, Any]) -> list[str]:
     for light_name, light in lights.items():
         light = _table(light)
         for i, pin in enumerate(_array(light.get("pins"))):
-            claim(pin, f"lights.{light_name}.pins[{i}]")
+            claim(pin, f"lights.{_key(light_name)}.pins[{i}]")
         if light.get("schedule") == "sunset-sunrise" and unit.get("latitude") is None:
-            problems.append(f"lights.{light_name}.schedule: \"sunset-sunrise\" needs "
+            problems.append(f"lights.{_key(light_name)}.schedule: \"sunset-sunrise\" needs "
                             "unit.latitude and unit.longitude")
     for i, name in enumerate(_array(inputs.get("alarm_lights"))):
         if isinstance(name, str) and name not in lights:
             problems.append(f"inputs.alarm_lights[{i}]: no light {name!r} in [lights.*] "
-                            f"(has: {', '.join(lights) or 'none'})")
+                            f"(has: {', '.join(map(_key, lights)) or 'none'})")
     claim(inputs.get("panic"), "inputs.panic")
     claim(inputs.get("tamper"), "inputs.tamper")
     for i, reader in enumerate(readers):
@@ -537,10 +537,13 @@ def _quote(text: str) -> str:
                    for c in quoted)
 
 
+_UNION_TAG = re.compile(r"^(\[key\]|function-.*|[a-z][a-z_-]*\[.*\])$", re.DOTALL)
+
+
 def _is_union_tag(part: str) -> bool:
     # pydantic labels union members ("literal['always','never']", "list[str]") and dict
     # keys ("[key]") in an error's location; they are not keys of the file.
-    return "[" in part or part.startswith(("function-", "literal["))
+    return bool(_UNION_TAG.match(part))
 
 
 def key_path(loc: tuple[Any, ...]) -> str:

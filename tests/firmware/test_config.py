@@ -170,6 +170,8 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
      "patrol.round_every_min: at most 256 entries, got 300"),
     ("nesting", {"unit": {"id": [[[[[[[["x"]]]]]]]]}},
      "unit.id[0][0][0][0][0][0][0]: nested too deeply"),
+    ("control characters are shown escaped", {"lights": {"x\x1b[2J\x9b": {"pins": [5]}}},
+     'lights."x\\u001b[2J\\x9b": must match ^[a-z0-9_-]{1,32}$, got "x\\u001b[2J\\x9b"'),
     ("long values are cut short", {"unit": {"id": "x" * 10_000}},
      'unit.id: must match ^[a-z0-9-]{1,32}$, got "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…" '
      "(10000 characters)"),
