@@ -71,6 +71,7 @@ from zoneinfo import ZoneInfo
 
 from astral import Observer
 from astral.sun import elevation, sunrise, sunset
+from gpiozero.exc import BadPinFactory
 
 from drivers.lights import LightError, WarningLight, modes_for
 
@@ -104,6 +105,8 @@ __all__ = [
 REASONS = ("schedule", "level", "override", "alarm", "test")
 #: Mode and reason reported for a light that cannot show anything.
 FAULT = "error"
+#: Said when gpiozero finds no GPIO at all (a PC, a container): what to do about it.
+NO_GPIO_HINT = "; no GPIO on this machine? GPIOZERO_PIN_FACTORY=mock runs the unit without it"
 #: The mode an active alarm gives its lights.
 ALARM_MODE = "strobe"
 #: The alarm source that drives lights (a tamper alarm does not: see docs/lights.md).
@@ -456,7 +459,8 @@ class LightsPart(StationPart):
             except Exception as err:
                 text = f"cannot open GPIO{'/'.join(map(str, lc.pins))}: {err}"
                 if self.errors.get(name) != text:
-                    log.error("light %s: %s (retrying every %.0f s)", name, text, self.retry_s)
+                    log.error("light %s: %s (retrying every %.0f s)%s", name, text, self.retry_s,
+                              NO_GPIO_HINT if isinstance(err, BadPinFactory) else "")
                 self.errors[name] = text
         self._next_claim = None if now is None else now + self.retry_s
 
@@ -728,7 +732,7 @@ def _drive_here(config: UnitConfig, names: list[str], seconds: float, pin_factor
                                             pin_factory=pin_factory)
             except Exception as err:
                 print(f"check lights: {name}: cannot open GPIO{'/'.join(map(str, lc.pins))}: "
-                      f"{err}", file=out)
+                      f"{err}{NO_GPIO_HINT if isinstance(err, BadPinFactory) else ''}", file=out)
                 return 1
         factory = type(next(iter(lights.values())).pins[0].factory).__name__
         print(f"check lights: no station holds the lights; driving them here ({factory})",

@@ -790,3 +790,5 @@ def test_lights_that_cannot_open_their_pins_say_error_in_events_health_and_birth
     assert (warning["state"], warning["mode"], warning["reason"]) == ("error", "error", "error")
     assert "cannot open GPIO5/6" in warning["detail"]
     assert "light warning: alternate" not in station.text() + unit.text()
+    assert "no GPIO on this machine? GPIOZERO_PIN_FACTORY=mock runs the unit without it" in \
+        station.text()
