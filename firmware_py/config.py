@@ -775,9 +775,9 @@ def read_config_bytes(path: Path) -> bytes:
             raise unreadable(f"larger than {MAX_CONFIG_BYTES // 1024} KiB (a unit's config "
                              "is a few KiB)")
         return b"".join(chunks)
-    except OSError as err:
-        if isinstance(err, ConfigUnreadable):
-            raise
+    except ConfigUnreadable:
+        raise
+    except OSError as err:  # EIO from a failing card, EISDIR from an odd filesystem
         raise unreadable(err.strerror or str(err)) from err
     finally:
         os.close(fd)

@@ -224,6 +224,15 @@ def test_field_and_cross_problems_are_listed_together(tmp_path: Path) -> None:
     ]
 
 
+def test_a_value_for_a_key_of_two_shapes_gets_one_line(tmp_path: Path) -> None:
+    # schedule is a word or a list of windows: a bad one of either is one problem.
+    assert problems(tmp_path, lights={"box": {"pins": [13], "schedule": "nightly"}}) == [
+        'lights.box.schedule: must be one of "sunset-sunrise", "always", "never", '
+        'got "nightly"']
+    assert problems(tmp_path, lights={"box": {"pins": [13], "schedule": ["18:00-19:00"] * 30}}) \
+        == ["lights.box.schedule: at most 24 items, got 30"]
+
+
 def test_all_problems_are_listed_at_once(tmp_path: Path) -> None:
     found = problems(tmp_path, unit={"id": "X", "kind": "shop"}, mqtt={"port": 0},
                      readers=[{"name": "m", "driver": "rdm6300", "port": "p", "baud": 1}])
