@@ -24,7 +24,14 @@ it gathers what decides a light's mode and asks the pure function
 A light's ``reason`` is the layer that decided its mode, ``off`` included
 (``off`` for the schedule says "nothing asks for light now"). Every change of
 mode or reason is a ``lights`` event ``{light, mode, reason, previous}`` and
-updates the health object ``device/lights/{name}`` in the same transaction.
+updates the health object ``device/lights/{name}`` in the same transaction;
+the first one after the station starts is written even when nothing changed
+(``start: true``), so the centre knows what a restarted unit shows.
+
+A light that cannot show anything (its pins would not open) is never
+reported as showing a mode: its mode and reason are ``error`` in the event,
+the health object and so in the birth status, with ``detail`` (why) and
+``wanted``/``wanted_reason`` (what it would show).
 
 Time: the schedule needs the local time, and a Pi without RTC may not know
 it. While the clock is not synchronised, a light with a window or
@@ -64,6 +71,7 @@ from zoneinfo import ZoneInfo
 
 from astral import Observer
 from astral.sun import elevation, sunrise, sunset
+from gpiozero.exc import BadPinFactory
 
 from drivers.lights import LightError, WarningLight, modes_for
 
@@ -95,6 +103,10 @@ __all__ = [
 ]
 
 REASONS = ("schedule", "level", "override", "alarm", "test")
+#: Mode and reason reported for a light that cannot show anything.
+FAULT = "error"
+#: Said when gpiozero finds no GPIO at all (a PC, a container): what to do about it.
+NO_GPIO_HINT = "; no GPIO on this machine? GPIOZERO_PIN_FACTORY=mock runs the unit without it"
 #: The mode an active alarm gives its lights.
 ALARM_MODE = "strobe"
 #: The alarm source that drives lights (a tamper alarm does not: see docs/lights.md).
@@ -374,8 +386,9 @@ class LightsPart(StationPart):
         self.alarm_lights = frozenset(cfg.inputs.alarm_light_names(cfg.lights))
         self.lights: dict[str, WarningLight | None] = dict.fromkeys(cfg.lights)
         self.errors: dict[str, str] = {}
-        self.modes: dict[str, tuple[str, str]] = {}
+        self.modes: dict[str, tuple[str, str]] = {}     # what the layers decided
         self._reported: dict[str, tuple[Any, Any]] = {}
+        self._announced: set[str] = set()    # lights with an event since this start
         self._written: dict[str, Any] = {}
         self.inbox = InboxReader(self.journal, "station", ["lights.test"])
         self.test: SelfTest | None = None
@@ -388,6 +401,7 @@ class LightsPart(StationPart):
     # -- life cycle -------------------------------------------------------------------------
 
     def open(self) -> None:
+        self._announced.clear()
         self._load_reported()
         self._claim(None)
 
@@ -445,7 +459,8 @@ class LightsPart(StationPart):
             except Exception as err:
                 text = f"cannot open GPIO{'/'.join(map(str, lc.pins))}: {err}"
                 if self.errors.get(name) != text:
-                    log.error("light %s: %s (retrying every %.0f s)", name, text, self.retry_s)
+                    log.error("light %s: %s (retrying every %.0f s)%s", name, text, self.retry_s,
+                              NO_GPIO_HINT if isinstance(err, BadPinFactory) else "")
                 self.errors[name] = text
         self._next_claim = None if now is None else now + self.retry_s
 
@@ -486,27 +501,41 @@ class LightsPart(StationPart):
         if light is not None:
             try:
                 light.show(mode)
+                self.errors.pop(name, None)
             except LightError as err:
+                if self.errors.get(name) != str(err):
+                    log.error("light %s: %s", name, err)
                 self.errors[name] = str(err)
-                log.error("light %s: %s", name, err)
         self.modes[name] = (mode, reason)
-        state: dict[str, Any] = {"state": mode, "mode": mode, "reason": reason,
+        error = self.errors.get(name)
+        # What the light shows: nothing it was asked for when its pins do not work.
+        shown, why = (FAULT, FAULT) if error is not None else (mode, reason)
+        state: dict[str, Any] = {"state": shown, "mode": shown, "reason": why,
                                  "pins": list(lc.pins), "active_high": lc.active_high}
-        if name in self.errors:
-            state.update(state="error", detail=self.errors[name])
-        if reason == "test" and self.test is not None:
+        extra: dict[str, Any] = {}
+        if error is not None:
+            extra = {"detail": error, "wanted": mode, "wanted_reason": reason}
+            state.update(extra)
+        if why == "test" and self.test is not None:
             state["test"] = self.test.id
         before = self._reported.get(name)
+        starting = name not in self._announced
         try:
-            if before != (mode, reason):
-                data: dict[str, Any] = {"light": name, "mode": mode, "reason": reason,
+            if before != (shown, why) or starting:
+                data: dict[str, Any] = {"light": name, "mode": shown, "reason": why, **extra,
                                         "previous": before[0] if before else None}
-                if reason == "test" and self.test is not None:
+                if why == "test" and self.test is not None:
                     data["test"] = self.test.id
+                if starting:
+                    data["start"] = True
                 self.journal.append("lights", data, state={device_key(name): state})
-                log.info("light %s: %s (%s)", name, mode, reason)
-                self._reported[name] = (mode, reason)
+                if error is not None:
+                    log.info("light %s: error, would show %s (%s)", name, mode, reason)
+                else:
+                    log.info("light %s: %s (%s)", name, mode, reason)
+                self._reported[name] = (shown, why)
                 self._written[name] = state
+                self._announced.add(name)
             elif self._written.get(name) != state:
                 self.journal.state_set(device_key(name), state)
                 self._written[name] = state
@@ -514,7 +543,7 @@ class LightsPart(StationPart):
         except JournalError as err:
             # The light shows its mode regardless; the event is tried again next turn.
             if not self._journal_failing:
-                log.error("light %s: cannot record %s (%s): %s", name, mode, reason, err)
+                log.error("light %s: cannot record %s (%s): %s", name, shown, why, err)
             self._journal_failing = True
 
     # -- the self-test -------------------------------------------------------------------------
@@ -574,10 +603,14 @@ class LightsPart(StationPart):
         out: dict[str, Any] = {}
         for name in self.lights:
             mode, reason = self.modes.get(name, (None, None))
-            state = "busy" if self.busy else "error" if name in self.errors else mode
-            out[name] = {"state": state or "unknown", "mode": mode, "reason": reason}
-            if name in self.errors:
-                out[name]["detail"] = self.errors[name]
+            if self.busy:
+                out[name] = {"state": "busy", "mode": mode, "reason": reason}
+            elif name in self.errors:
+                out[name] = {"state": FAULT, "mode": FAULT, "reason": FAULT,
+                             "detail": self.errors[name], "wanted": mode,
+                             "wanted_reason": reason}
+            else:
+                out[name] = {"state": mode or "unknown", "mode": mode, "reason": reason}
         return out
 
 
@@ -699,7 +732,7 @@ def _drive_here(config: UnitConfig, names: list[str], seconds: float, pin_factor
                                             pin_factory=pin_factory)
             except Exception as err:
                 print(f"check lights: {name}: cannot open GPIO{'/'.join(map(str, lc.pins))}: "
-                      f"{err}", file=out)
+                      f"{err}{NO_GPIO_HINT if isinstance(err, BadPinFactory) else ''}", file=out)
                 return 1
         factory = type(next(iter(lights.values())).pins[0].factory).__name__
         print(f"check lights: no station holds the lights; driving them here ({factory})",

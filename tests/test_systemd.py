@@ -125,7 +125,7 @@ def test_units_point_at_the_installed_paths() -> None:
         assert last(u, "Service", "ExecStart") == (
             f"{INSTALLED_VENV} run -c {INSTALLED_CONFIG} {component}")
         assert last(u, "Service", "ExecStartPre") == (
-            f"{INSTALLED_VENV} config check -c {INSTALLED_CONFIG}")
+            f"{INSTALLED_VENV} config check -c {INSTALLED_CONFIG} {component}")
 
 
 def test_systemd_analyze_verify(rendered: Path) -> None:
