@@ -9,6 +9,7 @@ offline, which must not change anything a patrol member sees.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -271,3 +272,36 @@ def test_a_restarted_station_keeps_the_open_visit(tmp_path: Path) -> None:
             assert second.part.feedback is not None   # no pins configured: no outputs, no error
         finally:
             second.stop()
+
+
+def test_a_journal_rebuilt_by_another_process_takes_the_next_tap_with_green(
+        station: Callable[..., Station]) -> None:
+    st = station()
+    for i in range(1, 1501):
+        st.journal.append("alarm", {"source": "test", "state": "active", "mark": f"M{i:06d}",
+                                    "pad": "x" * 150})
+    st.journal.checkpoint()
+    path = st.config.journal_path
+    raw = path.read_bytes()
+    page = raw.index(b"M000800") // 4096
+    with open(path, "r+b") as f:    # a rotten page in the middle of the file
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    # The uplink (another connection, as another process) reads across it and rebuilds.
+    uplink = Journal(path, unit=st.config.unit.id, site=st.config.unit.site)
+    try:
+        uplink.events_after(0, limit=5000)
+        assert uplink.journal_id != st.journal.journal_id
+        t0 = time.monotonic()
+        checkin = st.tap(PO1)
+        assert checkin.journal == uplink.journal_id        # in the new journal, not aside
+        assert st.signal_after(0) == "alone"
+        assert changes(st.factory.pin(OK_LED), since=t0)  # green
+        assert st.journal.journal_id == uplink.journal_id
+        status = wait_until(lambda: (s := read_status(st.config.unit.runtime_dir))
+                            and s["journal"]["rebuilt"] and s)
+        assert status["journal"]["id"] == uplink.journal_id
+        assert status["journal"]["rebuilt"]["moved_to"].startswith("journal.db.corrupt-")
+        assert uplink.event(checkin.seq) is not None
+    finally:
+        uplink.close()

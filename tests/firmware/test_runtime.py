@@ -394,7 +394,7 @@ def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
 
     monkeypatch.setattr(CheckinPart, "retry_s", 0.2)
     monkeypatch.setattr(CheckinPart, "reader_defaults", {"hold_s": 0.0})  # the same card again
-    monkeypatch.setattr(Runtime, "start_retry_s", 0.2)
+    monkeypatch.setattr(Runtime, "start_retry_s", 0.2, raising=False)
     cfg = make_config(small_disk / "data", unit={"runtime_dir": str(tmp_path / "run")},
                       readers=[{"name": "main", "driver": "sim", "port": "sim"}],
                       feedback={"ok_led": 17, "error_led": 27, "buzzer": 22})
