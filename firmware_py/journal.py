@@ -579,7 +579,11 @@ class Journal:
             journal.event_context.update(context)
         before = journal.journal_id
         if journal.read_only_error is None:
-            damage = journal.quick_check()
+            try:
+                damage = journal.quick_check()
+            except JournalError as err:  # an I/O error: not damage, and no reason to stop
+                log.error("%s", err)
+                damage = None
             if damage is not None:
                 journal.rebuild(JournalCorrupt(f"journal {path} failed its check: {damage}"))
         if journal.journal_id != before and journal.rebuilt:
@@ -741,8 +745,9 @@ class Journal:
     # -- damage and rebuilds ---------------------------------------------------------------
 
     def quick_check(self) -> str | None:
-        """``PRAGMA quick_check``: None when the file is sound, else what is wrong
-        (a full check reads every page: about a second per 100 MB on a Pi's SD card)."""
+        """``PRAGMA quick_check``: None when the file is sound, else what is wrong.
+        It reads every page, so it takes as long as reading the file (0.09 s for a
+        25 MB journal from the page cache; on an SD card its read speed decides)."""
         with self._lock:
             self._check_open()
             try:
