@@ -473,3 +473,29 @@ def test_a_full_disk_is_not_taken_for_damage(tmp_path: Path) -> None:
     wrapped = JournalWriteFailed("cannot append")
     wrapped.__cause__ = malformed
     assert is_corruption(wrapped)
+
+
+def test_a_rotten_page_among_the_state_keys_loses_only_that_page(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        for i in range(400):
+            j.state_set(f"k/{i:04d}", {"mark": f"S{i:04d}", "pad": "y" * 200})
+        j.append("reader", {})
+        j.checkpoint()
+    raw = path.read_bytes()
+    page = raw.index(b"S0200") // 4096
+    on_page = {int(m) for m in __import__("re").findall(rb"S(\d{4})",
+                                                        raw[page * 4096:(page + 1) * 4096])}
+    with open(path, "r+b") as f:
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    j, aside = Journal.open_or_recover(path, unit=UNIT, site=SITE)
+    with j:
+        assert aside is not None
+        kept = {int(k[2:]) for k in j.state_items("k/")}
+        # Everything before the page (read forwards) and after it (read backwards).
+        assert kept == set(range(400)) - on_page
+        (rebuilt,) = [e for e in j.events_after(0) if e.kind == "unit"]
+        assert rebuilt.data["state_lost"] is True
+        assert rebuilt.data["salvaged_state"] == 400 - len(on_page)
+        assert [e.kind for e in j.events_after(0)] == ["reader", "unit"]

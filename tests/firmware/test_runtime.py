@@ -389,13 +389,16 @@ def _fill(disk: Path) -> Path:
 
 
 def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
-        tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, small_disk: Path, mosquitto: Mosquitto,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from firmware_py.checkin import CheckinPart
 
     monkeypatch.setattr(CheckinPart, "retry_s", 0.2)
     monkeypatch.setattr(CheckinPart, "reader_defaults", {"hold_s": 0.0})  # the same card again
     monkeypatch.setattr(Runtime, "start_retry_s", 0.2, raising=False)
     cfg = make_config(small_disk / "data", unit={"runtime_dir": str(tmp_path / "run")},
+                      mqtt={"host": "127.0.0.1", "port": mosquitto.port,
+                            "health_interval_s": 5},
                       readers=[{"name": "main", "driver": "sim", "port": "sim"}],
                       feedback={"ok_led": 17, "error_led": 27, "buzzer": 22})
     with Journal(cfg.journal_path, unit=UNIT, site=SITE) as j:   # the last run's journal
@@ -408,8 +411,9 @@ def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
             "expires_ms": None})
         before = j.last_seq()
     filler = _fill(small_disk)   # the SD card filled up while the unit was off
+    watcher = Watcher(mosquitto.probe(None, client_id="watch"))
     with global_mock_factory() as factory:
-        rt = Runtime(cfg, ["station"], notifier=Notifier({}))
+        rt = Runtime(cfg, ["station", "uplink"], notifier=Notifier({}))
         rt.start()               # before: "cannot start", exit 1, nothing running
         thread = threading.Thread(target=rt.run_until_stopped, daemon=True)
         thread.start()
@@ -431,6 +435,14 @@ def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
             assert changes(error_led, since=t0)[0][1] is True
             assert changes(ok_led, since=t0) == []                   # never green
             assert not [e for e in rt.journal.events_after(before) if e.kind == "unit"]
+            # The centre hears of it through health, which needs no write.
+            health = wait_until(lambda: [s.doc for s in watcher.on("health") if
+                                         ((s.doc.get("station") or {}).get("journal") or {})
+                                         .get("state") == "failing"
+                                         and s.doc["station"]["unrecorded_taps"]],
+                                20, "health reporting the failing journal")[-1]
+            assert health["journal"]["error"]
+            assert rt.components[1].failures == 0, "the uplink kept running"
 
             filler.unlink()      # the installer frees space: no restart needed
             wait_until(lambda: read_status(cfg.unit.runtime_dir)["journal"]["state"] == "ok",
