@@ -340,18 +340,19 @@ class _Reader:
         for start in range(lo, hi + 1, _SALVAGE_CHUNK):
             yield from read(start, min(hi, start + _SALVAGE_CHUNK - 1))
 
-    def keyed(self, columns: str, table: str) -> tuple[list[tuple[Any, ...]], bool]:
-        """All readable rows of a small table keyed by text (``key``); True when some
-        could not be read: forward until the first error, then backward to it."""
-        every = self.rows(f"SELECT {columns} FROM {table} ORDER BY key")
+    def keyed(self, columns: str, table: str, key: str) -> tuple[list[tuple[Any, ...]], bool]:
+        """All readable rows of a small table keyed by text (``key``, the first column);
+        True when some could not be read: forward until the first error, then backward
+        to it."""
+        every = self.rows(f"SELECT {columns} FROM {table} ORDER BY {key}")
         if every is not None:
             return every, False
         found: dict[str, tuple[Any, ...]] = {}
         for order, op in (("ASC", ">"), ("DESC", "<")):
             last: str | None = None
             while True:
-                where = f"WHERE key {op} ?" if last is not None else ""
-                got = self.rows(f"SELECT {columns} FROM {table} {where} ORDER BY key {order}"
+                where = f"WHERE {key} {op} ?" if last is not None else ""
+                got = self.rows(f"SELECT {columns} FROM {table} {where} ORDER BY {key} {order}"
                                 " LIMIT 1", (last,) if last is not None else ())
                 if not got or got[0][0] in found:
                     break
@@ -375,7 +376,7 @@ def _valid_event(row: tuple[Any, ...]) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def _salvage_into(old: sqlite3.Connection, cur: sqlite3.Cursor, unit: str) -> Salvage:
+def _salvage_into(old: sqlite3.Connection, cur: sqlite3.Cursor) -> Salvage:
     """Copy what can be read from the damaged journal ``old`` into the new one (``cur``, in
     its write transaction): events the centre has not acknowledged, with their sequence
     numbers; the inbox, with its numbers; cursors and state keys. Each salvaged event's
@@ -385,14 +386,14 @@ def _salvage_into(old: sqlite3.Connection, cur: sqlite3.Cursor, unit: str) -> Sa
     prev = r.value("SELECT value FROM meta WHERE key='journal_id'")
     out.previous_journal = prev if isinstance(prev, str) and re.fullmatch(r"[0-9a-f]{16}",
                                                                           prev) else None
-    cursors, _ = r.keyed("name AS key, seq, updated_at", "cursors")
+    cursors, _ = r.keyed("name, seq, updated_at", "cursors", "name")
     for name, seq, updated_at in cursors:
         if isinstance(name, str) and isinstance(seq, int) and seq >= 0:
             cur.execute("INSERT INTO cursors VALUES (?,?,?)", (name, seq, updated_at or 0.0))
             out.cursors += 1
             if name == ACK_CURSOR:
                 out.acked_seq = seq
-    states, out.state_lost = r.keyed("key, value, updated_ms", "state")
+    states, out.state_lost = r.keyed("key, value, updated_ms", "state", "key")
     for key, value, updated_ms in states:
         try:
             ok = isinstance(key, str) and isinstance(value, str) and json.loads(value) is not None
@@ -420,6 +421,7 @@ def _salvage_into(old: sqlite3.Connection, cur: sqlite3.Cursor, unit: str) -> Sa
             else:
                 out.inbox_lost = True
         out.inbox_lost = out.inbox_lost or bool(bad)
+        cur.execute("DELETE FROM sqlite_sequence WHERE name='inbox'")
         cur.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('inbox', ?)", (inbox_high,))
 
     high = max((v for v in (r.value("SELECT seq FROM sqlite_sequence WHERE name='events'"),
@@ -431,26 +433,27 @@ def _salvage_into(old: sqlite3.Connection, cur: sqlite3.Cursor, unit: str) -> Sa
         start = low if isinstance(low, int) else 1
     lost: list[int] = []
     if high is None:
-        # The end is unreadable: go up until a whole chunk reads, and is empty.
+        # The end is unreadable: go up while a chunk still gives rows (numbers past
+        # the end may fail too, when the way to them is damaged).
         out.lost_unknown = True
         top = start - 1
         while True:
             chunk_bad: list[int] = []
             rows = list(r.by_rowid(Journal.SALVAGE_COLUMNS, "events", "seq", top + 1,
                                    top + _SALVAGE_CHUNK, chunk_bad))
-            if not rows and not chunk_bad:
+            if not rows:
                 break
             lost += chunk_bad
-            _copy_events(cur, rows, unit, out, lost)
+            _copy_events(cur, rows, out, lost)
             top += _SALVAGE_CHUNK
         out.lost_seqs = sorted(set(lost))
         high = max([start - 1, *out.seen, *out.lost_seqs])
     else:
         _copy_events(cur, r.by_rowid(Journal.SALVAGE_COLUMNS, "events", "seq", start, high,
-                                     lost), unit, out, lost)
+                                     lost), out, lost)
         # Above the ack the numbers are dense: one that did not come back is lost.
         out.lost_seqs = [n for n in range(start, high + 1) if n not in out.seen]
-    out.last_seq = high
+    out.last_seq = max(high, out.acked_seq or 0)
     if out.acked_seq is None:
         out.acked_seq = start - 1
         cur.execute("INSERT INTO cursors VALUES (?,?,?) ON CONFLICT(name) DO UPDATE SET"
@@ -460,8 +463,8 @@ def _salvage_into(old: sqlite3.Connection, cur: sqlite3.Cursor, unit: str) -> Sa
     return out
 
 
-def _copy_events(cur: sqlite3.Cursor, rows: Iterable[tuple[Any, ...]], unit: str,
-                 out: Salvage, lost: list[int]) -> None:
+def _copy_events(cur: sqlite3.Cursor, rows: Iterable[tuple[Any, ...]], out: Salvage,
+                 lost: list[int]) -> None:
     for row in rows:
         data = _valid_event(row)
         seq = row[0]
@@ -853,7 +856,7 @@ class Journal:
                         old_id: str | None = None) -> Salvage:
         """In one transaction of the new journal: the salvage, its state key and event."""
         with self._write() as cur:
-            salvage = _salvage_into(old, cur, self.unit) if old is not None else Salvage()
+            salvage = _salvage_into(old, cur) if old is not None else Salvage()
             if salvage.previous_journal is None:
                 salvage.previous_journal = old_id
             now_ms = self.clock.wall_ms()

@@ -406,6 +406,8 @@ def _check_salvage(j: Journal, old_id: str, lost: set[int], aside: Path) -> None
     assert rebuilt.seq == 3001 and j.acked_seq() == 1000 and j.first_seq() == 1001
     assert j.state_get("level") == {"level": 2, "by": "centre"}
     assert [e.command_id for e in j.inbox_after(0)] == ["cmd-1"]
+    new_entry = j.inbox_put("cmd-2", "lights.test", {"seconds": 1})
+    assert new_entry is not None and new_entry.n == 2        # the inbox numbers go on too
     assert j.rebuilt is not None and j.rebuilt["lost"] == len(lost)
     assert aside.exists(), "the damaged file is kept for the centre to fetch"
 
