@@ -23,10 +23,10 @@ from firmware_py import sim
 from firmware_py.checkin import STATUS_NAME, CheckinPart, read_status, reader_key
 from firmware_py.clock import SystemClock
 from firmware_py.config import UnitConfig
-from firmware_py.exc import JournalWriteFailed
+from firmware_py.exc import JournalError, JournalWriteFailed
 from firmware_py.journal import Event, Journal
 from firmware_py.runtime import UnitContext
-from firmware_py.station import StationComponent
+from firmware_py.station import StationComponent, StationPart
 from tests.support.gpio import changes, global_mock_factory, wait_until
 from tests.support.schemas import validator
 from tests.support.units import make_config
@@ -89,8 +89,7 @@ class Station:
 
     @property
     def part(self) -> CheckinPart:
-        (part,) = self.component.parts
-        assert isinstance(part, CheckinPart)
+        (part,) = [p for p in self.component.parts if isinstance(p, CheckinPart)]
         return part
 
     def events(self, kind: str | None = None) -> list[Event]:
@@ -305,3 +304,32 @@ def test_a_journal_rebuilt_by_another_process_takes_the_next_tap_with_green(
         assert uplink.event(checkin.seq) is not None
     finally:
         uplink.close()
+
+
+class _FailsToOpenOnce(StationPart):
+    """A part whose first open() fails (its state unreadable, say), ahead of the readers."""
+
+    name = "flaky"
+    opens = 0
+
+    def open(self) -> None:
+        type(self).opens += 1
+        if type(self).opens == 1:
+            raise JournalError("journal journal.db: disk I/O error")
+
+
+def test_a_part_that_cannot_open_does_not_keep_the_readers_closed(
+        station: Callable[..., Station], monkeypatch: pytest.MonkeyPatch) -> None:
+    import firmware_py.station as station_mod
+
+    real_build = station_mod.build_parts
+    monkeypatch.setattr(station_mod, "build_parts",
+                        lambda ctx: [_FailsToOpenOnce(ctx), *real_build(ctx)])
+    monkeypatch.setattr(StationComponent, "reopen_s", 0.2, raising=False)
+    monkeypatch.setattr(_FailsToOpenOnce, "opens", 0)
+    st = station()                      # waits for the reader to come online
+    assert st.tap(PO1).data["decision"] == "accepted"
+    assert st.signal_after(0) == "alone"
+    wait_until(lambda: [p.name for p in st.component.parts] == ["flaky", "checkin"], 5)
+    assert st.component.health()["parts_not_open"] == []
+    assert st.component.failures == 0
