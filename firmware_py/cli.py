@@ -189,8 +189,9 @@ def cmd_journal_stats(args: argparse.Namespace) -> int:
             "pending": journal.pending_count(),
             "oldest_pending": oldest.ts if oldest else None,
             "bytes": journal.size_bytes(),
+            "rebuilt": journal.rebuilt,
         }
-    print(json.dumps(stats, indent=2))
+    print(json.dumps(stats, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
