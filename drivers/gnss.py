@@ -463,7 +463,9 @@ class GnssReceiver:
     ``socket://…``, ``loop://``) for a receiver speaking NMEA, or
     ``gpsd://host:port`` for gpsd (port 2947 when left out). ``baudrate`` is
     the receiver's (most leave the factory at 9600; some u-blox at 38400).
-    ``quiet_s``: a serial line silent this long closes the open epoch.
+    ``quiet_s``: a serial line silent this long closes the open epoch;
+    ``silent_s``: silent this long, the receiver is reported offline.
+    ``clock`` stamps each fix's ``at_mono`` (the unit's boot-relative clock).
     """
 
     def __init__(self, name: str, source: str, *, baudrate: int = 9600,
@@ -594,23 +596,23 @@ class GnssReceiver:
         self.parser.reset()
         identity = self._path_identity()
         good = False
-        last_data = last_check = self.clock()
+        last_data = last_check = time.monotonic()
         online = False
         try:
             # A receiver only talks: the port being there is not enough, online waits for
             # the first sentence.
             while not self._stop.is_set():
                 data = self._read()
-                now = self.clock()
+                now = time.monotonic()   # the thread's own timing; fixes use ``clock``
                 fixes: list[Fix] = []
                 if data:
                     last_data = now
-                    fixes = self.parser.feed(data, now)
+                    fixes = self.parser.feed(data, self.clock())
                     if not online and self.counters.sentences:
                         online = True
                         self._set_state(ONLINE, f"{self.driver} on {self.source}")
                 elif now - last_data >= self.quiet_s:
-                    fixes = self.parser.flush(now)
+                    fixes = self.parser.flush(self.clock())
                     if now - last_data >= self.silent_s and self.state != OFFLINE:
                         online = False
                         self._set_state(OFFLINE, f"no data from {self.source} for "
