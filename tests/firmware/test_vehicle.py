@@ -4,6 +4,7 @@ light on gpiozero's mock pins) driving a route past a patrol point."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -19,7 +20,7 @@ from drivers.gnss import encode_epoch, haversine_m
 from firmware_py import sim
 from firmware_py.clock import ManualClock, SatelliteClock, SystemClock
 from firmware_py.config import PatrolSection, VehicleSection
-from firmware_py.desired import ArgsInvalid, validate_args
+from firmware_py.desired import ArgsInvalid, current_points, validate_args
 from firmware_py.exc import ConfigInvalid
 from firmware_py.journal import Event, Journal
 from firmware_py.lights_control import decide
@@ -28,6 +29,7 @@ from firmware_py.runtime import UnitContext
 from firmware_py.station import StationComponent
 from firmware_py.vehicle import Geofence, Point, TrackThinner, VehiclePart
 from tests.drivers.reader_helpers import PtyPair
+from tests.firmware.test_commands import make_rig, site_topic, unit_topic
 from tests.support.gpio import global_mock_factory, wait_until
 from tests.support.schemas import validator
 from tests.support.units import make_config
@@ -181,6 +183,34 @@ def test_duplicate_point_ids_are_refused() -> None:
     doc = {"version": 1, "points": [GOOD_POINTS["points"][0]] * 2}
     with pytest.raises(ArgsInvalid, match=r"points\[1\].id school is already points\[0\]"):
         validate_args("points", doc)
+
+
+def test_signed_points_document_is_applied_by_the_command_processor(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    out = rig.send(site_topic("points"), rig.sign("points", GOOD_POINTS), retained=True)
+    assert out.result == "applied", out
+    points = current_points(rig.journal)
+    assert points is not None and points["version"] == 3
+    assert points["points"][0]["radius_m"] == 50 and points["scope"] == "site"
+    (event,) = rig.events("command")
+    assert (event["name"], event["result"]) == ("points", "applied")
+
+
+def test_bad_and_older_points_documents_are_rejected_and_change_nothing(
+        tmp_path: Path) -> None:
+    rig = make_rig(tmp_path)
+    newer = rig.sign("points", GOOD_POINTS)
+    assert rig.send(unit_topic("points"), newer, retained=True).result == "applied"
+    before = current_points(rig.journal)
+    bad = {"version": 4, "points": [{**GOOD_POINTS["points"][0], "radius_m": 2}]}
+    out = rig.proc.handle(unit_topic("points"), json.dumps(rig.sign("points", bad)).encode())
+    assert (out.result, out.reason) == ("rejected", "bad_args")
+    assert "points[0].radius_m" in out.detail
+    older = rig.sign("points", {**GOOD_POINTS, "version": 2},
+                     issued_ms=rig.clock.wall_ms() - 60_000)
+    out = rig.send(unit_topic("points"), older, retained=True)
+    assert (out.result, out.reason) == ("rejected", "older_document")
+    assert current_points(rig.journal) == before
 
 
 def test_vehicle_config_needs_a_receiver_and_names_the_keys(tmp_path: Path) -> None:
