@@ -227,6 +227,21 @@ def test_unplugged_receiver_goes_offline_and_comes_back_at_the_same_path(
         assert gnss.health()["port_losses"] >= 1
 
 
+def test_line_noise_on_the_port_is_counted_and_the_receiver_reads_on(
+        ptys: list[PtyPair]) -> None:
+    pair = new_pty(ptys)
+    rec = FixRecorder()
+    with GnssReceiver("gnss", pair.path, on_fix=rec.on_fix, on_state=rec.on_state,
+                      quiet_s=0.2) as gnss:
+        wait_until(lambda: gnss.opens == 1, what="port open")
+        pair.write(bytes(range(256)) * 4 + b"\r\n$GPRMC,garbage*00\r\n" + b"\x00" * 300)
+        pair.write(sentences("hab-gpspi"))
+        wait_until(lambda: len(rec.valid()) == 3, what="fixes after the noise")
+        errors = gnss.health()["errors"]
+        assert errors.get("checksum", 0) + errors.get("malformed", 0) >= 1
+        assert sum(errors.values()) >= 2 and gnss.opens == 1
+
+
 def test_a_silent_receiver_is_reported_offline(ptys: list[PtyPair]) -> None:
     pair = new_pty(ptys)
     rec = FixRecorder()

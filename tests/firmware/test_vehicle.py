@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -227,6 +229,14 @@ def test_vehicle_config_needs_a_receiver_and_names_the_keys(tmp_path: Path) -> N
                  "vehicle.track_every_s: must be at least 1",
                  "vehicle.dwel_s: unknown key"):
         assert line in text
+
+
+def test_the_example_vehicle_config_checks_ok() -> None:
+    out = subprocess.run([sys.executable, "-m", "firmware_py.cli", "config", "check", "-c",
+                          str(Path(__file__).resolve().parents[2] / "config" / "vehicle.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "ok: unit zt-car-01 (vehicle)" in out.stdout
 
 
 def test_on_duty_schedule_lights_the_roof_light_only_with_a_crew(tmp_path: Path) -> None:

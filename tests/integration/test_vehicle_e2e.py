@@ -26,7 +26,7 @@ from tests.drivers.reader_helpers import PtyPair
 from tests.support.brokers import Mosquitto
 from tests.support.daemon import Daemon
 from tests.support.units import write_unit_config
-from tests.support.uplink import SITE, Watcher
+from tests.support.uplink import SITE, Watcher, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +54,7 @@ def test_vehicle_visit_and_track_reach_the_ledger(mosquitto: Mosquitto, tmp_path
     config = write_unit_config(
         tmp_path / "unit.toml", tmp_path / "data",
         unit={"id": UNIT, "kind": "vehicle"},
-        mqtt={"port": mosquitto.port},
+        mqtt={"port": mosquitto.port, "health_interval_s": 5},
         security={"command_keys": {"centre-test": key.public_b64()},
                   "ack_keys": {"ledger-test": ack.public_b64()}},
         readers=[{"name": "main", "driver": "sim", "port": "sim"}],
@@ -126,6 +126,11 @@ def test_vehicle_visit_and_track_reach_the_ledger(mosquitto: Mosquitto, tmp_path
         gnss_states = [e["data"]["state"] for e in watcher.events() if e["kind"] == "gnss"]
         assert gnss_states[0] == "online" and "fix" in gnss_states
         assert ("time" in gnss_states) == (not kernel_clock_synced())
+        # Health reports the receiver with its counters.
+        health = wait_until(lambda: next((m.doc for m in reversed(watcher.on("health"))
+                                          if m.doc.get("gnss", {}).get("gnss", {}).get("fixes")),
+                                         None), 20, "health with the receiver's fixes")
+        assert health["gnss"]["gnss"]["state"] == "online"
         assert unit.stop() == 0
         assert "Traceback" not in unit.text()
     finally:
