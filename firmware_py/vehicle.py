@@ -226,6 +226,8 @@ class VehiclePart(StationPart):
     health_every_s: float = 5.0
     #: How often the points in force are looked up.
     points_every_s: float = 2.0
+    #: A change between fix and no fix is reported once it has held this long.
+    fix_debounce_s: float = 3.0
     receiver_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
@@ -253,6 +255,7 @@ class VehiclePart(StationPart):
         self._fixes: deque[Fix] = deque(maxlen=256)
         self._lock = threading.Lock()
         self._had_fix: bool | None = None
+        self._fix_change_at: float | None = None
         self._last_usable: float | None = None
         self._next_health = 0.0
         self._next_points = 0.0
@@ -321,11 +324,7 @@ class VehiclePart(StationPart):
             level = current_level(self.journal, self.clock).level
             self._load_points(now, level)
         for fix in fixes:
-            if fix.valid != self._had_fix:
-                self._had_fix = fix.valid
-                self._event("fix" if fix.valid else "no_fix",
-                            f"{fix.mode} fix, {fix.satellites} satellites, HDOP {fix.hdop}"
-                            if fix.valid else "receiver has no fix", fix=fix_quality(fix))
+            self._note_fix(fix)
             if not self.is_vehicle:
                 continue
             if not self._usable(fix):
@@ -353,6 +352,24 @@ class VehiclePart(StationPart):
         if now_mono >= self._next_health and self.receiver is not None:
             self._next_health = now_mono + self.health_every_s
             self._store_health(self.receiver.health())
+
+    def _note_fix(self, fix: Fix) -> None:
+        """A ``fix``/``no_fix`` event when the fix state changes and holds for
+        :attr:`fix_debounce_s` (a receiver at the edge of coverage must not flood the
+        journal); the first state is reported at once."""
+        if fix.valid == self._had_fix:
+            self._fix_change_at = None
+            return
+        if self._had_fix is not None:
+            if self._fix_change_at is None:
+                self._fix_change_at = fix.at_mono
+            if fix.at_mono - self._fix_change_at < self.fix_debounce_s:
+                return
+        self._had_fix = fix.valid
+        self._fix_change_at = None
+        self._event("fix" if fix.valid else "no_fix",
+                    f"{fix.mode} fix, {fix.satellites} satellites, HDOP {fix.hdop}"
+                    if fix.valid else "receiver has no fix", fix=fix_quality(fix))
 
     def _usable(self, fix: Fix) -> bool:
         return fix.valid and fix.lat is not None and fix.lon is not None and (

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from drivers.gnss import encode_epoch, haversine_m
+from drivers.gnss import Fix, encode_epoch, haversine_m
 from firmware_py import sim
 from firmware_py.clock import ManualClock, SatelliteClock, SystemClock
 from firmware_py.config import PatrolSection, VehicleSection
@@ -249,6 +249,25 @@ def test_on_duty_schedule_lights_the_roof_light_only_with_a_crew(tmp_path: Path)
                                                                              "schedule")
     assert decide(roof, None, None, 2, None, False, None, on_duty=False) == ("alternate",
                                                                               "level")
+
+
+def test_a_fix_flickering_at_the_edge_of_coverage_is_not_an_event_each_second(
+        tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, unit={"kind": "vehicle"}, gnss={"source": "loop://"})
+    journal = Journal(cfg.journal_path, unit="zt-pp-03", site="zhuantang")
+    part = VehiclePart(UnitContext(cfg, journal, ManualClock(), threading.Event()))
+
+    def fix(valid: bool, mono: float) -> Fix:
+        return Fix(valid, *(SCHOOL if valid else (None, None)), "3d" if valid else "none",
+                   "gps" if valid else "none", 7, 1.1, 20.0, 90.0, 10.0, None, "GN", mono)
+
+    for second in range(60):                       # valid, then alternating every second
+        part._note_fix(fix(second < 10 or second % 2 == 0, float(second)))
+    for second in range(60, 70):                   # then lost for good
+        part._note_fix(fix(False, float(second)))
+    states = [e.data["state"] for e in journal.events_after(0) if e.kind == "gnss"]
+    assert states == ["fix", "no_fix"]
+    journal.close()
 
 
 # -- time from satellites -------------------------------------------------------------------------
