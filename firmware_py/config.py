@@ -104,7 +104,7 @@ def _int_keys(value: Any) -> Any:
 class UnitSection(Section):
     id: str = Field(pattern=NAME_PATTERN)
     site: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["patrol_point", "kiosk", "checkpoint"]
+    kind: Literal["patrol_point", "kiosk", "checkpoint", "vehicle"]
     timezone: str = "Asia/Shanghai"
     data_dir: FilePath = Path("/var/lib/xunfang")
     # Where the unit writes a status file that does not depend on the journal
@@ -249,7 +249,8 @@ class FeedbackSection(Section):
 class LightConfig(Section):
     pins: list[GpioPin] = Field(min_length=1, max_length=2)
     active_high: bool = True
-    schedule: Literal["sunset-sunrise", "always", "never"] | Annotated[
+    # "on-duty": lit while someone is on duty (a patrol vehicle's roof light on patrol).
+    schedule: Literal["sunset-sunrise", "always", "never", "on-duty"] | Annotated[
         list[str], Field(max_length=MAX_WINDOWS)] = "never"
     schedule_mode: LightMode | None = None
     level_modes: dict[Level, LightMode] | None = None
@@ -356,6 +357,61 @@ class DutySection(Section):
     repeat_s: int = Field(default=10, ge=0, le=600)
 
 
+# -- [gnss], [vehicle] ------------------------------------------------------------------
+
+
+class GnssSection(Section):
+    """A GNSS (BeiDou/GPS) receiver: positions for a vehicle, time for any unit
+    (docs/vehicle.md)."""
+
+    # A pyserial URL for a receiver speaking NMEA 0183 (/dev/serial0, /dev/ttyACM0, …), or
+    # gpsd://host:port to read gpsd (which then owns the receiver).
+    source: str = Field(min_length=1)
+    baud: Literal[4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    # While the system clock is not synchronised, take the time from a valid fix.
+    time: bool = True
+    # Fixes with a worse HDOP are not used for tracks or visits.
+    max_hdop: float = Field(default=5.0, gt=0, le=50)
+
+    @field_validator("source")
+    @classmethod
+    def _gpsd_form(cls, value: str) -> str:
+        if value.startswith("gpsd:") and not value.startswith("gpsd://"):
+            raise ValueError(f"gpsd source must look like gpsd://127.0.0.1:2947, got {value!r}")
+        return value
+
+
+class VehicleSection(Section):
+    """Patrol vehicles: how tracks are thinned and geofence visits made (docs/vehicle.md)."""
+
+    # A track point at most this often while moving …
+    track_every_s: int = Field(default=15, ge=1, le=3600)
+    # … and only after moving this far from the last one;
+    track_min_move_m: int = Field(default=50, ge=0, le=100_000)
+    # standing still, one point this often all the same.
+    track_idle_s: int = Field(default=300, ge=10, le=86400)
+    # Time inside a point's radius (with a crew on duty) that makes a visit, unless the
+    # point says otherwise.
+    dwell_s: int = Field(default=60, ge=1, le=3600)
+    # A stay ends this far outside the radius (so GNSS jitter at the edge is no exit).
+    exit_margin_m: int = Field(default=20, ge=0, le=1000)
+    # A stay also ends when there has been no usable fix for this long.
+    lost_fix_s: int = Field(default=120, ge=5, le=3600)
+
+
+def vehicle_problems(data: Mapping[str, Any]) -> list[str]:
+    """Rules of the vehicle unit that span sections, on the document as read."""
+    problems: list[str] = []
+    kind = _table(data.get("unit")).get("kind", "patrol_point")
+    if kind == "vehicle" and data.get("gnss") is None:
+        problems.append('gnss: a unit of kind "vehicle" needs a [gnss] receiver')
+    for name, light in _table(data.get("lights")).items():
+        if _table(light).get("schedule") == "on-duty" and kind == "patrol_point":
+            problems.append(f'lights.{_key(name)}.schedule: "on-duty" needs a unit with duty '
+                            '(kiosk, checkpoint or vehicle), not a patrol_point')
+    return problems
+
+
 # -- [[cameras]] ------------------------------------------------------------------------
 
 
@@ -459,6 +515,8 @@ class UnitConfig(Section):
     patrol: PatrolSection = Field(default_factory=PatrolSection)
     duty: DutySection = Field(default_factory=DutySection)
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=MAX_CAMERAS)
+    gnss: GnssSection | None = None
+    vehicle: VehicleSection = Field(default_factory=VehicleSection)
 
     # Filled by load_config: where the file came from and the hash of its bytes.
     source_path: FilePath | None = Field(default=None, exclude=True)
@@ -525,6 +583,7 @@ def cross_problems(data: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{label}[{i}].name: {name!r} is already the name of "
                                 f"{label}[{seen[name]}]")
             seen.setdefault(name, i)
+    problems += vehicle_problems(data)
     return problems
 
 

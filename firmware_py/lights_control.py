@@ -80,6 +80,7 @@ from .config import LightConfig, UnitConfig, parse_window
 from .desired import InboxReader, current_level, current_lights_override
 from .exc import JournalError
 from .journal import InboxEntry, Journal
+from .patrol import DUTY_KEY
 from .runtime import UnitContext
 from .station import StationPart
 
@@ -187,16 +188,21 @@ def in_windows(windows: Iterable[str], now_local: datetime) -> bool:
     return False
 
 
-def schedule_on(light: LightConfig, now_local: datetime | None, sun: SunTimes | None) -> bool:
+def schedule_on(light: LightConfig, now_local: datetime | None, sun: SunTimes | None,
+                on_duty: bool = False) -> bool:
     """Whether the light's base schedule asks for light at ``now_local``.
 
     ``now_local`` None means the local time is not known (clock not
     synchronised): time-dependent schedules then count as on (fail-lit).
-    ``sun`` is that day's :class:`SunTimes`, needed for ``sunset-sunrise``.
+    ``sun`` is that day's :class:`SunTimes`, needed for ``sunset-sunrise``;
+    ``on_duty`` whether anyone is on duty, for ``on-duty`` (a vehicle's roof
+    light is lit while its crew is on patrol).
     """
     schedule = light.schedule
     if schedule == "always":
         return True
+    if schedule == "on-duty":
+        return on_duty
     if schedule == "never":
         return False
     if now_local is None:
@@ -216,13 +222,14 @@ def schedule_on(light: LightConfig, now_local: datetime | None, sun: SunTimes | 
 
 def decide(light: LightConfig, now_local: datetime | None, sun: SunTimes | None, level: int,
            override: str | None, alarm_active: bool,
-           test_mode: str | None) -> tuple[str, str]:
+           test_mode: str | None, on_duty: bool = False) -> tuple[str, str]:
     """``(mode, reason)`` of one light. Pure: everything it needs is an argument.
 
     In rising priority: schedule, level, override, alarm, test (module doc).
     ``override`` is the override's mode for this light (None: not named);
     ``alarm_active`` whether an active alarm drives this light; ``test_mode``
-    the self-test's mode for it (None: not under test).
+    the self-test's mode for it (None: not under test); ``on_duty`` whether
+    anyone is on duty (for the ``on-duty`` schedule).
     """
     if test_mode is not None:
         return test_mode, "test"
@@ -233,7 +240,7 @@ def decide(light: LightConfig, now_local: datetime | None, sun: SunTimes | None,
     level_mode = light.effective_level_modes.get(level)
     if level_mode is not None:
         return level_mode, "level"
-    if schedule_on(light, now_local, sun):
+    if schedule_on(light, now_local, sun, on_duty):
         return light.effective_schedule_mode, "schedule"
     return "off", "schedule"
 
@@ -486,10 +493,14 @@ class LightsPart(StationPart):
             now_local = datetime.fromtimestamp(self.clock.wall_ms() / 1000, self.tz)
             if self.sun is not None:
                 sun = self.sun.on(now_local.date())
+        on_duty = False
+        if any(lc.schedule == "on-duty" for lc in self.ctx.config.lights.values()):
+            on_duty = bool(self.journal.state_get(DUTY_KEY))
         for name, lc in self.ctx.config.lights.items():
             test_mode = self.test.mode_for(name, now_mono) if self.test is not None else None
             mode, reason = decide(lc, now_local, sun, level, override.get(name),
-                                  alarm_active and name in self.alarm_lights, test_mode)
+                                  alarm_active and name in self.alarm_lights, test_mode,
+                                  on_duty)
             if mode not in modes_for(len(lc.pins)):
                 # Only an override the centre validated against another config can get
                 # here (alternate for a one-pin light): show the nearest thing.

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import __version__
-from .clock import Clock, SystemClock, rfc3339_ms
+from .clock import Clock, SatelliteClock, SystemClock, rfc3339_ms
 from .config import UnitConfig
 from .exc import JournalError, RuntimeFault
 from .journal import Journal
@@ -238,6 +238,10 @@ class Runtime:
                  stall_s: float | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        if config.gnss is not None and config.gnss.time and \
+                "station" in (components or COMPONENT_NAMES):
+            # The station owns the receiver and feeds this clock (docs/vehicle.md, "Time").
+            self.clock = SatelliteClock(self.clock)
         self.notifier = notifier or Notifier()
         self.names = components or list(COMPONENT_NAMES)
         self.factories = factories or component_factories()

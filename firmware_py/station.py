@@ -49,11 +49,13 @@ def build_parts(ctx: UnitContext) -> list[StationPart]:
     from .alarms import AlarmsPart  # lazy: the parts' modules import this one
     from .checkin import CheckinPart
     from .lights_control import LightsPart
+    from .vehicle import VehiclePart
 
     parts: list[StationPart] = []
     parts += AlarmsPart.for_config(ctx)   # before the lights: an alarm strobes them
     parts += LightsPart.for_config(ctx)
     parts += CheckinPart.for_config(ctx)  # readers, patrol logic, feedback
+    parts += VehiclePart.for_config(ctx)  # GNSS: tracks, geofence visits, satellite time
     return parts
 
 

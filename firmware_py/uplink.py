@@ -1416,6 +1416,7 @@ class UplinkComponent(Component):
             "readers": self._devices("readers", [r.name for r in cfg.readers]),
             "lights": self._devices("lights", list(cfg.lights)),
             "cameras": self._devices("cameras", [c.name for c in cfg.cameras]),
+            "gnss": self._devices("gnss", ["gnss"] if cfg.gnss is not None else []),
         }
 
     def _counters(self) -> dict[str, Any]:

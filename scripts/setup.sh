@@ -19,6 +19,9 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+# gpsd, and gpsfake (in gpsd-clients) to replay receiver captures through it.
+[ -x /usr/sbin/gpsd ] || need_apt+=(gpsd)
+command -v gpsfake >/dev/null || need_apt+=(gpsd-clients)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian's packages" >&2
     as_root apt-get update -qq

@@ -47,3 +47,14 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert last is not None and int(last.group(1)) > int(seq.group(1))
     # The centre's live view saw the unit's events too.
     assert any("demo/demo-pp-01" in line and " event " in line for line in centre)
+    # The patrol vehicle: crew on duty, roof light strobing, a track, visits by GNSS at
+    # both points (the receiver a pty fed a real capture, then a generated route).
+    car = [line for line in out.splitlines() if "car    │" in line]
+    assert sum(" duty " in line and "state=on" in line for line in car) == 2
+    assert any("light=roof" in line and "mode=strobe" in line for line in car)
+    assert any("gnss_time=2015-02-25" in line for line in car), "the real capture's fix"
+    for point in ("school", "factory"):
+        assert any(" visit " in line and "source=gnss" in line and f"point={point}" in line
+                   and "police_led=true" in line for line in car), point
+    assert any("demo/demo-car-01" in line and " track " in line and "km/h" in line
+               for line in centre)

@@ -368,3 +368,18 @@ def test_install_rejects_bad_arguments(tmp_path: Path) -> None:
     assert install(tmp_path, "--config", str(tmp_path / "missing.toml")).returncode == 2
     assert run(["bash", str(INSTALL), "--dry-run"],
                env={**os.environ, "DESTDIR": "relative/root"}).returncode == 2
+
+
+def test_station_gpsd_drop_in_reaches_only_the_loopback(rendered: Path, tmp_path: Path) -> None:
+    """A station reading gpsd (docs/vehicle.md): IP on, and an allow list of localhost only."""
+    shutil.copy(rendered / "xunfang-station.service", tmp_path)
+    shutil.copy(rendered / "xunfang.target", tmp_path)
+    dropins = tmp_path / "xunfang-station.service.d"
+    dropins.mkdir()
+    shutil.copy(SYSTEMD / "examples" / "station-gpsd.conf", dropins / "gpsd.conf")
+    result = analyze("security", "--offline=true", "--no-pager", "./xunfang-station.service",
+                     cwd=tmp_path)
+    deny = next(line for line in result.stdout.splitlines() if "IPAddressDeny=" in line)
+    assert "only localhost" in deny, deny
+    verify = analyze("verify", "--man=no", "./xunfang-station.service", cwd=tmp_path)
+    assert verify.returncode == 0 and "xunfang" not in verify.stdout + verify.stderr

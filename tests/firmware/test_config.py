@@ -55,7 +55,8 @@ RULES: list[tuple[str, dict[str, Any], str]] = [
     ("unit id", {"unit": {"id": "ZT_pp"}}, 'unit.id: must match ^[a-z0-9-]{1,32}$, got "ZT_pp"'),
     ("site", {"unit": {"site": "zhuan tang"}}, "unit.site: must match"),
     ("kind", {"unit": {"kind": "patrol_pont"}},
-     'unit.kind: must be one of "patrol_point", "kiosk", "checkpoint", got "patrol_pont"'),
+     'unit.kind: must be one of "patrol_point", "kiosk", "checkpoint", "vehicle", '
+     'got "patrol_pont"'),
     ("timezone", {"unit": {"timezone": "Mars/Olympus"}},
      "unit.timezone: must be an IANA time zone"),
     ("latitude range", {"unit": {"latitude": 91, "longitude": 120}},
