@@ -225,14 +225,15 @@ class ReaderConfig(Section):
     power_pin: GpioPin | None = None
     # `line` readers: how the card number is written on the line.
     number_format: Literal["auto", "hex", "dec"] = "auto"
-    # `rdm6300` readers: the one frame form read, 14 bytes or the RF125-PS 13.
-    frame: Literal["rdm6300", "rf125"] = "rdm6300"
+    # `rdm6300` readers: the one frame form read, 14 bytes or the RF125-PS 13. None is
+    # the 14-byte form (kept unset so a dumped config of another driver parses again).
+    frame: Literal["rdm6300", "rf125"] | None = None
 
     @field_validator("frame")
     @classmethod
-    def _frame_is_for_rdm6300(cls, value: str, info: ValidationInfo) -> str:
+    def _frame_is_for_rdm6300(cls, value: str | None, info: ValidationInfo) -> str | None:
         driver = info.data.get("driver")
-        if driver is not None and driver != "rdm6300":
+        if value is not None and driver is not None and driver != "rdm6300":
             hint = ' (a sim reader takes its form from port, e.g. "sim://rf125")' \
                 if driver == "sim" else ""
             raise ValueError(f'only an "rdm6300" reader has a frame form, this one is '

@@ -141,7 +141,7 @@ def open_reader(
                 **thread_options)
         else:
             if config.driver == "rdm6300":
-                popts.setdefault("frame", config.frame)
+                popts.setdefault("frame", config.frame or "rdm6300")
             protocol = make_protocol(config.driver, config.name,
                                      number_format=config.number_format, hold_s=hold_s,
                                      clock=clock, **popts)

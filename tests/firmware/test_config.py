@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from drivers.readers.rdm6300 import Rdm6300Parser
 from firmware_py.config import load_config, parse_config
 from firmware_py.exc import ConfigInvalid, ConfigUnreadable
 from tests.support.units import base_document, merge, write_config
@@ -239,7 +240,7 @@ def test_a_value_for_a_key_of_two_shapes_gets_one_line(tmp_path: Path) -> None:
     # schedule is a word or a list of windows: a bad one of either is one problem.
     assert problems(tmp_path, lights={"box": {"pins": [13], "schedule": "nightly"}}) == [
         'lights.box.schedule: must be one of "sunset-sunrise", "always", "never", '
-        'got "nightly"']
+        '"on-duty", got "nightly"']
     assert problems(tmp_path, lights={"box": {"pins": [13], "schedule": ["18:00-19:00"] * 30}}) \
         == ["lights.box.schedule: at most 24 items, got 30"]
 
@@ -255,7 +256,19 @@ def test_an_rdm6300_reader_reads_the_14_byte_form_unless_told_rf125(tmp_path: Pa
     readers = [{"name": "a", "driver": "rdm6300", "port": "/dev/serial0"},
                {"name": "b", "driver": "rdm6300", "port": "/dev/ttyUSB0", "frame": "rf125"}]
     cfg = parse_config(merge(base_document(tmp_path), {"readers": readers}))
-    assert [r.frame for r in cfg.readers] == ["rdm6300", "rf125"]
+    assert [r.frame for r in cfg.readers] == [None, "rf125"]  # unset: the 14-byte form
+    assert Rdm6300Parser("a").frame == "rdm6300"
+
+
+def test_a_dumped_config_parses_again(tmp_path: Path) -> None:
+    # The camera daemon hands its worker the config as JSON; every default must survive
+    # the round trip (a sim reader's unset frame once stopped every camera worker).
+    readers = [{"name": "a", "driver": "sim", "port": "sim"},
+               {"name": "b", "driver": "rdm6300", "port": "/dev/ttyUSB0", "frame": "rf125"},
+               {"name": "c", "driver": "line", "port": "loop://"}]
+    cfg = parse_config(merge(base_document(tmp_path), {"readers": readers}))
+    again = parse_config(cfg.model_dump(mode="json"))
+    assert again.readers == cfg.readers
 
 
 def test_defaults_follow_the_contract(tmp_path: Path) -> None:

@@ -231,10 +231,17 @@ def test_vehicle_config_needs_a_receiver_and_names_the_keys(tmp_path: Path) -> N
         assert line in text
 
 
-def test_the_example_vehicle_config_checks_ok() -> None:
+def test_the_example_vehicle_config_checks_ok(tmp_path: Path) -> None:
+    # The example as installed: its certificate files in place.
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name in ("ca.pem", "unit.pem", "unit.key"):
+        (tls / name).write_text("-----BEGIN …\n")
+    vehicle = tmp_path / "vehicle.toml"
+    vehicle.write_text((Path(__file__).resolve().parents[2] / "config" / "vehicle.toml")
+                       .read_text().replace("/etc/xunfang/tls/", f"{tls}/"))
     out = subprocess.run([sys.executable, "-m", "firmware_py.cli", "config", "check", "-c",
-                          str(Path(__file__).resolve().parents[2] / "config" / "vehicle.toml")],
-                         capture_output=True, text=True, timeout=60)
+                          str(vehicle)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "ok: unit zt-car-01 (vehicle)" in out.stdout
 
