@@ -19,6 +19,10 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+# The centre's report is checked in a real browser; Chinese needs a CJK font.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_apt+=(fonts-noto-cjk)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian's packages" >&2
     as_root apt-get update -qq
