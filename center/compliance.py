@@ -20,6 +20,7 @@ the way, or whose last event is older than the window's end, gives ``no_data``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -267,7 +268,7 @@ def coverage(events: Iterable[Mapping[str, Any]]) -> list[tuple[datetime, dateti
     spans: list[tuple[datetime, datetime]] = []
     for journal_events in by_journal.values():
         journal_events.sort(key=lambda e: e["seq"])
-        for a, b in zip(journal_events, journal_events[1:], strict=False):
+        for a, b in itertools.pairwise(journal_events):
             if b["seq"] != a["seq"] + 1:
                 continue  # a gap in the ledger: what happened there is unknown
             if a.get("clock_synced") is False or b.get("clock_synced") is False:
@@ -497,7 +498,7 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
         for unit in plan.point_by_unit:
             marks = levels.get(unit, [])
             bounds = [*marks, (horizon, DEFAULT_LEVEL)]
-            for (since, level), (until, _) in zip(bounds, bounds[1:], strict=False):
+            for (since, level), (until, _) in itertools.pairwise(bounds):
                 a, b = max(since, period_start), min(until, horizon)
                 if level in sup.leader_levels and a < b:
                     raised.append((a, b, level))
@@ -558,7 +559,7 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
                 unknown[(card, unit, ts.astimezone(plan.tz).date())].append(ts)
     for card, seen in sorted(taps.items()):
         seen.sort()
-        for (t1, u1), (t2, u2) in zip(seen, seen[1:], strict=False):
+        for (t1, u1), (t2, u2) in itertools.pairwise(seen):
             p1, p2 = plan.point_by_unit.get(u1), plan.point_by_unit.get(u2)
             if u1 == u2 or p1 is None or p2 is None:
                 continue
