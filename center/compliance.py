@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -371,8 +371,11 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             started = parse_ts(data.get("started")) or parse_ts(e.get("ts"))
             if started is None:
                 continue
-            roles = _roles(data.get("roles"))
             badges = [b for b in data.get("badges") or [] if isinstance(b, str)]
+            roles = _roles(data.get("roles"))
+            if register and badges and all(b in register for b in badges):
+                # The register is the authority on roles (a unit may know fewer of them).
+                roles = dict(Counter(register[b].role for b in badges if register[b].role))
             people = data.get("people")
             if not isinstance(people, int) or isinstance(people, bool):
                 people = len(badges)
