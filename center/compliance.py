@@ -585,10 +585,13 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             "date": day.isoformat(), "taps": len(times)})
     anomalies.sort(key=lambda a: (a["ts"], a["kind"], a["unit"]))
 
+    # Where a timeline shows them: at the deadline that passed (the unit may say so later).
     missed_rounds = [
-        {"unit": u, "ts": e.get("ts"), "window": (e.get("data") or {}).get("window")}
+        {"unit": u, "ts": iso(t), "window": (e.get("data") or {}).get("window")}
         for u in plan.point_by_unit for e in by_unit.get(u, [])
-        if e.get("kind") == "round_missed" and (t := parse_ts(e.get("ts"))) and in_period(t)]
+        if e.get("kind") == "round_missed"
+        and (t := parse_ts((e.get("data") or {}).get("expected_by")) or parse_ts(e.get("ts")))
+        and in_period(t)]
     period_visits = [v for v in visits if in_period(v.started)]
     return Compliance(plan=plan, first=first, last=last, cells=cells, routes=routes,
                       supervision=[supervision[d] for d in days], leader=leader_gaps,

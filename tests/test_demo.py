@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--seconds", "75",
-         "--dir", str(tmp_path / "demo")],
+         "--dir", str(tmp_path / "demo"), "--week-days", "2"],
         capture_output=True, text=True, timeout=200)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,3 +47,7 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert last is not None and int(last.group(1)) > int(seq.group(1))
     # The centre's live view saw the unit's events too.
     assert any("demo/demo-pp-01" in line and " event " in line for line in centre)
+    # The district's days through real units, and the report made from its ledger.
+    report = re.search(r"the compliance report: (\S+)", out)
+    assert report is not None and Path(report.group(1)).read_text(encoding="utf-8")
+    assert (Path(report.group(1)).parent / "report.json").exists()

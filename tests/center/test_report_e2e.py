@@ -256,3 +256,100 @@ def test_csv_and_html_carry_the_same_cells(ledger: tuple[Path, Path, Path],
     text = html.read_text(encoding="utf-8")
     assert "巡防考核报告" in text and "王建国" in text   # names from the register
     assert "<script src" not in text and "http" not in text.split("<script>")[0]
+
+
+# -- in a real browser ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium, headless, through its chromedriver (scripts/setup.sh installs both)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,2600"):
+        options.add_argument(arg)
+    options.binary_location = shutil.which("chromium") or "chromium"
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options,
+                              service=Service(shutil.which("chromedriver") or "chromedriver"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+HEATMAP = """
+var chart = echarts.getInstanceByDom(document.getElementById('heatmap'));
+var option = chart.getOption();
+return {cells: option.series[0].data, rows: option.yAxis[0].data, columns: option.xAxis[0].data,
+        pieces: option.visualMap[0].pieces.map(function (p) { return p.color; }),
+        timelines: document.querySelectorAll('.timeline canvas').length,
+        tiles: Array.from(document.querySelectorAll('.tile')).map(function (t) {
+          return [t.dataset.verdict, t.querySelector('b').textContent]; })};
+"""
+
+
+@pytest.mark.timeout(300)
+def test_the_html_report_renders_in_chromium_with_the_json_cells(
+        ledger: tuple[Path, Path, Path], chromium: Any, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from center.compliance import CELL_VERDICTS
+    from center.report import VERDICT_COLOURS
+
+    plan, db, register = ledger
+    doc = json.loads(report(plan, db, register, "--format", "json").stdout)
+    html = tmp_path / "report.html"
+    assert report(plan, db, register, "--out", str(html)).returncode == 0
+    chromium.get(html.as_uri())
+    shown = chromium.execute_script(HEATMAP)
+    errors = [e for e in chromium.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+
+    # The heat map holds exactly the JSON's cells: point, date, window and verdict.
+    got = sorted((shown["rows"][y], shown["columns"][x], CELL_VERDICTS[v])
+                 for x, y, v, *_ in shown["cells"])
+    want = sorted((f"{c['point']} {c['unit']}",
+                   f"{c['date'][5:]} {'晚间巡防' if c['window'] == 'evening' else '夜巡'}",
+                   c["verdict"]) for c in doc["cells"])
+    assert got == want
+    assert shown["pieces"] == [VERDICT_COLOURS[v] for v in CELL_VERDICTS]
+    assert dict(shown["tiles"]) == {v: str(sum(c["verdict"] == v for c in doc["cells"]))
+                                    for v in CELL_VERDICTS}
+    assert shown["timelines"] >= 2          # a timeline for each night with something on it
+
+    # What a person sees: the screenshot has the verdict colours and Chinese text drawn
+    # (with no CJK font the headings would be empty boxes; see scripts/setup.sh).
+    png = tmp_path / "report.png"
+    assert chromium.save_screenshot(str(png))
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[1] >= 1200
+    for verdict in ("done", "missed", "no_data"):
+        bgr = np.array([int(VERDICT_COLOURS[verdict][i:i + 2], 16) for i in (5, 3, 1)])
+        assert (np.abs(image.astype(int) - bgr).sum(axis=2) < 12).sum() > 500, verdict
+    title = chromium.find_element("css selector", "header h1")
+    assert title.text.startswith("巡防考核报告") and title.size["width"] > 150
+    print(f"screenshot: {png}")
+
+
+@pytest.mark.timeout(300)
+def test_the_english_report_has_no_chinese_words_of_its_own(
+        ledger: tuple[Path, Path, Path], chromium: Any, tmp_path: Path) -> None:
+    import re
+
+    plan, db, register = ledger
+    html = tmp_path / "report-en.html"
+    assert report(plan, db, register, "--out", str(html), "--lang", "en").returncode == 0
+    chromium.get(html.as_uri())
+    assert chromium.find_element("css selector", "header h1").text.startswith(
+        "Patrol compliance report")
+    assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
+    body = chromium.find_element("css selector", "main").text
+    # Chinese left on the page is data: the plan's point and zone names, the register's names.
+    data = set("转塘小学象山校区派出所值班室一区王建国李明赵磊张伟陈静刘洋")
+    assert {ch for ch in re.findall(r"[\u4e00-\u9fff]", body)} <= data
