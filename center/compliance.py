@@ -486,17 +486,26 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
                 entry.patrol_not_countersigned.append(v.as_dict(plan))
 
     # Leader on duty.
+    leaders = {b for b, p in (register or {}).items() if p.leader}
+
+    def is_leader(badge: str, data: Mapping[str, Any]) -> bool:
+        if register:
+            return badge in leaders
+        return data.get("leader") is True or badge_role.get(badge) == "police"
+
+    duty_rows: list[dict[str, Any]] = []   # every duty change, for the timeline
+    for unit in plan.point_by_unit:
+        for e in by_unit.get(unit, []):
+            data = e.get("data") or {}
+            ts = parse_ts(e.get("ts"))
+            if e.get("kind") == "duty" and ts is not None and in_period(ts):
+                duty_rows.append({"unit": unit, "ts": iso(ts), "badge": data.get("badge"),
+                                  "state": data.get("state"),
+                                  "leader": unit == sup.leader_unit
+                                  and is_leader(str(data.get("badge")), data)})
     leader_gaps: list[LeaderGap] = []
-    duty_rows: list[dict[str, Any]] = []
     horizon = min(period_end, latest) if latest is not None else period_start
     if sup.leader_levels and sup.leader_unit is not None and horizon > period_start:
-        leaders = {b for b, p in (register or {}).items() if p.leader}
-
-        def is_leader(badge: str, data: Mapping[str, Any]) -> bool:
-            if register:
-                return badge in leaders
-            return data.get("leader") is True or badge_role.get(badge) == "police"
-
         raised: list[tuple[datetime, datetime, int]] = []
         for unit in plan.point_by_unit:
             marks = levels.get(unit, [])
@@ -516,10 +525,6 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
                 continue
             on = [b for b in data.get("on_duty") or [] if isinstance(b, str)]
             here = any(is_leader(b, data) for b in on)
-            if in_period(ts):
-                duty_rows.append({"unit": e.get("unit"), "ts": iso(ts),
-                                  "badge": data.get("badge"), "state": data.get("state"),
-                                  "leader": is_leader(str(data.get("badge")), data)})
             if here and on_since is None:
                 on_since = ts
             elif not here and on_since is not None:

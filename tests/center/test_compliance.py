@@ -255,7 +255,10 @@ def test_leader_gaps_are_the_raised_times_without_a_leader_on_duty() -> None:
             on_duty=["PA-1"], handover_from=None)
     log.add("pp-a", "level", at(DAY + timedelta(days=1), 1), level=3, previous=2,
             expires_at=None, by=None)
-    gaps = run(log).leader
+    result = run(log)
+    assert [(row["badge"], row["state"], row["leader"]) for row in result.duty] == [
+        ("PO-1", "on", True), ("PA-1", "on", False), ("PO-1", "off", True)]
+    gaps = result.leader
     assert [(g.start, g.end, g.level, g.length_s) for g in gaps] == [
         (at(DAY, 20), at(DAY, 21), 2, 3600),
         (at(DAY, 23), at(DAY + timedelta(days=1), 1), 2, 7200)]
