@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -312,6 +312,41 @@ def _roles(value: Any) -> dict[str, int]:
 # -- the evaluation ---------------------------------------------------------------------------
 
 
+@dataclass
+class _Site:
+    """The events of a site, read once, and what every verdict needs from them."""
+
+    plan: Plan
+    register: Mapping[str, Person] | None
+    days: list[date]
+    period_start: datetime
+    period_end: datetime
+    by_unit: dict[str, list[Mapping[str, Any]]]
+    latest: datetime | None
+    badge_role: dict[str, str]
+    card_badge: dict[str, str]
+    levels: dict[str, list[tuple[datetime, int]]]
+    visits: list[Visit] = field(default_factory=list)
+
+    def in_period(self, t: datetime) -> bool:
+        return self.period_start <= t < self.period_end
+
+    def events(self, unit: str, kind: str) -> Iterator[tuple[datetime, Mapping[str, Any],
+                                                             Mapping[str, Any]]]:
+        """``(ts, data, event)`` of one unit's events of ``kind`` with a readable time."""
+        for e in self.by_unit.get(unit, []):
+            if e.get("kind") == kind and (ts := parse_ts(e.get("ts"))) is not None:
+                yield ts, e.get("data") or {}, e
+
+    def level_at(self, unit: str, t: datetime) -> int:
+        level = DEFAULT_LEVEL
+        for since, value in self.levels.get(unit, []):
+            if since > t:
+                break
+            level = value
+        return level
+
+
 def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last: date,
              register: Mapping[str, Person] | None = None) -> Compliance:
     """Every verdict for the window occurrences starting on ``first`` … ``last`` (local dates).
@@ -324,7 +359,23 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
     """
     if last < first:
         raise ValueError(f"the period ends ({last}) before it starts ({first})")
-    sup = plan.supervision
+    site = _read_site(plan, events, first, last, register)
+    # Where a timeline shows missed rounds: at the deadline that passed (the unit may say
+    # so later, when it checks).
+    missed_rounds = [
+        {"unit": u, "ts": iso(t), "window": data.get("window")}
+        for u in plan.point_by_unit for ts, data, _e in site.events(u, "round_missed")
+        if (t := parse_ts(data.get("expected_by")) or ts) and site.in_period(t)]
+    gaps, duty = _leader(site)
+    return Compliance(plan=plan, first=first, last=last, cells=_cells(site),
+                      routes=_routes(site), supervision=_supervision(site), leader=gaps,
+                      anomalies=_anomalies(site),
+                      visits=[v for v in site.visits if site.in_period(v.started)],
+                      duty=duty, missed_rounds=missed_rounds)
+
+
+def _read_site(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last: date,
+               register: Mapping[str, Person] | None) -> _Site:
     by_unit: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     latest: datetime | None = None
     for event in events:
@@ -337,87 +388,67 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             latest = ts
     for unit_events in by_unit.values():
         unit_events.sort(key=lambda e: (str(e.get("ts") or ""), e.get("seq") or 0))
-
-    days = _dates(first, last)
     period_start = datetime.combine(first, datetime.min.time(), plan.tz).astimezone(UTC)
     period_end = datetime.combine(last + timedelta(days=1), datetime.min.time(),
                                   plan.tz).astimezone(UTC)
     for name in plan.windows:
         period_end = max(period_end, plan.occurrence(name, last).end)
+    site = _Site(plan=plan, register=register, days=_dates(first, last),
+                 period_start=period_start, period_end=period_end, by_unit=by_unit,
+                 latest=latest, badge_role={}, card_badge={}, levels=defaultdict(list))
 
-    def in_period(t: datetime) -> bool:
-        return period_start <= t < period_end
-
-    # Who is who: the register, and what the units' own events say.
-    badge_role: dict[str, str] = {}
-    card_badge: dict[str, str] = {}
-    for unit_events in by_unit.values():
-        for e in unit_events:
-            data = e.get("data") or {}
-            if e.get("kind") == "checkin" and isinstance(data.get("badge"), str):
-                card_badge.setdefault(str(data.get("card")), data["badge"])
+    # Who is who: what the units' own events say, and the register above that.
+    for unit in by_unit:
+        for _ts, data, _e in site.events(unit, "checkin"):
+            if isinstance(data.get("badge"), str):
+                site.card_badge.setdefault(str(data.get("card")), data["badge"])
                 if isinstance(data.get("role"), str):
-                    badge_role.setdefault(data["badge"], data["role"])
+                    site.badge_role.setdefault(data["badge"], data["role"])
+        for ts, data, _e in site.events(unit, "level"):
+            if data.get("level") in (1, 2, 3):
+                site.levels[unit].append((ts, int(data["level"])))
     if register:
-        badge_role.update({b: p.role for b, p in register.items() if p.role})
+        site.badge_role.update({b: p.role for b, p in register.items() if p.role})
+    site.visits = sorted((v for unit in plan.point_by_unit for v in _visits(site, unit)),
+                         key=lambda v: v.started)
+    return site
 
-    # Visits.
-    visits: list[Visit] = []
-    for unit in plan.point_by_unit:
-        for e in by_unit.get(unit, []):
-            if e.get("kind") != "visit":
-                continue
-            data = e.get("data") or {}
-            started = parse_ts(data.get("started")) or parse_ts(e.get("ts"))
-            if started is None:
-                continue
-            badges = [b for b in data.get("badges") or [] if isinstance(b, str)]
-            roles = _roles(data.get("roles"))
-            if register and badges and all(b in register for b in badges):
-                # The register is the authority on roles (a unit may know fewer of them).
-                roles = dict(Counter(register[b].role for b in badges if register[b].role))
-            people = data.get("people")
-            if not isinstance(people, int) or isinstance(people, bool):
-                people = len(badges)
-            police = roles.get("police", 0) > 0
-            patrol_led = not police and roles.get("patrol", 0) > 0
-            chain = sup.police_led if police else sup.patrol if patrol_led else []
-            visits.append(Visit(
-                unit=unit, started=started, people=people, badges=badges,
-                cards=[c for c in data.get("cards") or [] if isinstance(c, str)], roles=roles,
-                good=people >= plan.min_people, police_led=police, patrol_led=patrol_led,
-                countersigned=(police or patrol_led) and all(roles.get(r, 0) > 0 for r in chain),
-                occurrence=plan.occurrence_at(started)))
-    visits.sort(key=lambda v: v.started)
 
-    # Levels per unit: (since, level), in time order.
-    levels: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
-    for unit, unit_events in by_unit.items():
-        for e in unit_events:
-            data = e.get("data") or {}
-            ts = parse_ts(e.get("ts"))
-            if e.get("kind") == "level" and ts is not None and data.get("level") in (1, 2, 3):
-                levels[unit].append((ts, int(data["level"])))
+def _visits(site: _Site, unit: str) -> Iterator[Visit]:
+    plan, register, sup = site.plan, site.register, site.plan.supervision
+    for ts, data, _e in site.events(unit, "visit"):
+        started = parse_ts(data.get("started")) or ts
+        badges = [b for b in data.get("badges") or [] if isinstance(b, str)]
+        roles = _roles(data.get("roles"))
+        if register and badges and all(b in register for b in badges):
+            # The register is the authority on roles (a unit may know fewer of them).
+            roles = dict(Counter(register[b].role for b in badges if register[b].role))
+        people = data.get("people")
+        if not isinstance(people, int) or isinstance(people, bool):
+            people = len(badges)
+        police = roles.get("police", 0) > 0
+        patrol_led = not police and roles.get("patrol", 0) > 0
+        chain = sup.police_led if police else sup.patrol if patrol_led else []
+        yield Visit(
+            unit=unit, started=started, people=people, badges=badges,
+            cards=[c for c in data.get("cards") or [] if isinstance(c, str)], roles=roles,
+            good=people >= plan.min_people, police_led=police, patrol_led=patrol_led,
+            countersigned=(police or patrol_led) and all(roles.get(r, 0) > 0 for r in chain),
+            occurrence=plan.occurrence_at(started))
 
-    def level_at(unit: str, t: datetime) -> int:
-        level = DEFAULT_LEVEL
-        for since, value in levels.get(unit, []):
-            if since > t:
-                break
-            level = value
-        return level
 
-    # Cells.
+def _cells(site: _Site) -> list[Cell]:
+    plan = site.plan
     cells: list[Cell] = []
     for point in plan.points:
-        spans = coverage(by_unit.get(point.unit, []))
-        missed_events = [e for e in by_unit.get(point.unit, []) if e.get("kind") == "round_missed"]
-        for day in days:
+        spans = coverage(site.by_unit.get(point.unit, []))
+        visits = [v for v in site.visits if v.unit == point.unit]
+        missed = [e for _ts, _data, e in site.events(point.unit, "round_missed")]
+        for day in site.days:
             for window in plan.point_windows(point):
                 occ = plan.occurrence(window, day)
-                here = [v for v in visits if v.unit == point.unit and
-                        occ.start <= v.started < occ.end]
-                level = level_at(point.unit, occ.start)
+                here = [v for v in visits if occ.start <= v.started < occ.end]
+                level = site.level_at(point.unit, occ.start)
                 required = plan.rounds[level]  # type: ignore[index]
                 good = sum(v.good for v in here)
                 if good >= required:
@@ -435,20 +466,22 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
                     level=level, required=required, visits=len(here), good_visits=good,
                     police_led_visits=sum(v.police_led for v in here),
                     countersigned_visits=sum(v.police_led and v.countersigned for v in here),
-                    round_missed=sum(_missed_in(e, occ) for e in missed_events),
+                    round_missed=sum(_missed_in(e, occ) for e in missed),
                     verdict=verdict, start=occ.start, end=occ.end))
+    return cells
 
-    # Routes.
+
+def _routes(site: _Site) -> list[RouteResult]:
     groups: dict[str, set[str]] = defaultdict(set)
-    for badge, person in (register or {}).items():
+    for badge, person in (site.register or {}).items():
         if person.group:
             groups[person.group].add(badge)
     routes: list[RouteResult] = []
-    for route in plan.routes:
+    for route in site.plan.routes:
         members = groups.get(route.group, set())
-        for day in days:
-            occ = plan.occurrence(route.window, day)
-            seq = [v.unit for v in visits
+        for day in site.days:
+            occ = site.plan.occurrence(route.window, day)
+            seq = [v.unit for v in site.visits
                    if v.good and v.unit in route.points and occ.start <= v.started < occ.end
                    and members.intersection(v.badges)]
             missing = [u for u in route.points if u not in seq]
@@ -463,15 +496,18 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             routes.append(RouteResult(group=route.group, date=day, window=route.window,
                                       planned=list(route.points), visited=seq, missing=missing,
                                       verdict=verdict))
+    return routes
 
-    # Supervision, per date (the date a visit's window started, else its local date).
-    days_set = set(days)
-    supervision = {d: SupervisionDay(d) for d in days}
-    for v in visits:
-        day = v.occurrence.date if v.occurrence else v.started.astimezone(plan.tz).date()
-        if day not in days_set:
+
+def _supervision(site: _Site) -> list[SupervisionDay]:
+    """Per date: the date a visit's window started, else the visit's local date."""
+    plan = site.plan
+    days = {d: SupervisionDay(d) for d in site.days}
+    for v in site.visits:
+        entry = days.get(v.occurrence.date if v.occurrence else
+                         v.started.astimezone(plan.tz).date())
+        if entry is None:
             continue
-        entry = supervision[day]
         if v.police_led:
             entry.police_led_visits += 1
             if v.countersigned:
@@ -484,63 +520,62 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
                 entry.patrol_countersigned += 1
             else:
                 entry.patrol_not_countersigned.append(v.as_dict(plan))
+    return list(days.values())
 
-    # Leader on duty.
+
+def _leader(site: _Site) -> tuple[list[LeaderGap], list[dict[str, Any]]]:
+    """Leader gaps, and every duty change of the period (for the timeline)."""
+    plan, register, sup = site.plan, site.register, site.plan.supervision
     leaders = {b for b, p in (register or {}).items() if p.leader}
 
     def is_leader(badge: str, data: Mapping[str, Any]) -> bool:
         if register:
             return badge in leaders
-        return data.get("leader") is True or badge_role.get(badge) == "police"
+        return data.get("leader") is True or site.badge_role.get(badge) == "police"
 
-    duty_rows: list[dict[str, Any]] = []   # every duty change, for the timeline
+    duty: list[dict[str, Any]] = []
     for unit in plan.point_by_unit:
-        for e in by_unit.get(unit, []):
-            data = e.get("data") or {}
-            ts = parse_ts(e.get("ts"))
-            if e.get("kind") == "duty" and ts is not None and in_period(ts):
-                duty_rows.append({"unit": unit, "ts": iso(ts), "badge": data.get("badge"),
-                                  "state": data.get("state"),
-                                  "leader": unit == sup.leader_unit
-                                  and is_leader(str(data.get("badge")), data)})
-    leader_gaps: list[LeaderGap] = []
-    horizon = min(period_end, latest) if latest is not None else period_start
-    if sup.leader_levels and sup.leader_unit is not None and horizon > period_start:
-        raised: list[tuple[datetime, datetime, int]] = []
-        for unit in plan.point_by_unit:
-            marks = levels.get(unit, [])
-            bounds = [*marks, (horizon, DEFAULT_LEVEL)]
-            for (since, level), (until, _) in itertools.pairwise(bounds):
-                a, b = max(since, period_start), min(until, horizon)
-                if level in sup.leader_levels and a < b:
-                    raised.append((a, b, level))
-        present: list[tuple[datetime, datetime]] = []
-        on_since: datetime | None = None
-        for e in by_unit.get(sup.leader_unit, []):
-            if e.get("kind") != "duty":
-                continue
-            data = e.get("data") or {}
-            ts = parse_ts(e.get("ts"))
-            if ts is None:
-                continue
-            on = [b for b in data.get("on_duty") or [] if isinstance(b, str)]
-            here = any(is_leader(b, data) for b in on)
-            if here and on_since is None:
-                on_since = ts
-            elif not here and on_since is not None:
-                present.append((on_since, ts))
-                on_since = None
-        if on_since is not None:
-            present.append((on_since, horizon))
-        for a, b in _subtract(_merge((a, b) for a, b, _ in raised), _merge(present)):
-            level = min((lv for c, d, lv in raised if c < b and d > a), default=DEFAULT_LEVEL)
-            leader_gaps.append(LeaderGap(a, b, level))
+        for ts, data, _e in site.events(unit, "duty"):
+            if site.in_period(ts):
+                duty.append({"unit": unit, "ts": iso(ts), "badge": data.get("badge"),
+                             "state": data.get("state"),
+                             "leader": unit == sup.leader_unit
+                             and is_leader(str(data.get("badge")), data)})
+    horizon = min(site.period_end, site.latest) if site.latest else site.period_start
+    if not sup.leader_levels or sup.leader_unit is None or horizon <= site.period_start:
+        return [], duty
+    raised: list[tuple[datetime, datetime, int]] = []
+    for unit in plan.point_by_unit:
+        bounds = [*site.levels.get(unit, []), (horizon, DEFAULT_LEVEL)]
+        for (since, level), (until, _) in itertools.pairwise(bounds):
+            a, b = max(since, site.period_start), min(until, horizon)
+            if level in sup.leader_levels and a < b:
+                raised.append((a, b, level))
+    present: list[tuple[datetime, datetime]] = []
+    on_since: datetime | None = None
+    for ts, data, _e in site.events(sup.leader_unit, "duty"):
+        on = [b for b in data.get("on_duty") or [] if isinstance(b, str)]
+        here = any(is_leader(b, data) for b in on)
+        if here and on_since is None:
+            on_since = ts
+        elif not here and on_since is not None:
+            present.append((on_since, ts))
+            on_since = None
+    if on_since is not None:
+        present.append((on_since, horizon))
+    gaps = []
+    for a, b in _subtract(_merge((a, b) for a, b, _ in raised), _merge(present)):
+        level = min((lv for c, d, lv in raised if c < b and d > a), default=DEFAULT_LEVEL)
+        gaps.append(LeaderGap(a, b, level))
+    return gaps, duty
 
-    # Anomalies.
+
+def _anomalies(site: _Site) -> list[dict[str, Any]]:
+    plan = site.plan
     anomalies: list[dict[str, Any]] = []
     per_card: dict[tuple[str, str, date, str], list[Visit]] = defaultdict(list)
-    for v in visits:
-        if v.occurrence is None or v.occurrence.date not in days_set:
+    for v in site.visits:
+        if v.occurrence is None or v.occurrence.date not in site.days:
             continue
         for card in set(v.cards):
             per_card[(card, v.unit, v.occurrence.date, v.occurrence.window)].append(v)
@@ -549,15 +584,13 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             anomalies.append({
                 "kind": "repeat_visits", "ts": iso(vs[0].started), "unit": unit,
                 "point": plan.point_by_unit[unit].name, "card": card,
-                "badge": card_badge.get(card), "date": day.isoformat(), "window": window,
+                "badge": site.card_badge.get(card), "date": day.isoformat(), "window": window,
                 "visits": len(vs)})
     taps: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
     unknown: dict[tuple[str, str, date], list[datetime]] = defaultdict(list)
-    for unit, unit_events in by_unit.items():
-        for e in unit_events:
-            data = e.get("data") or {}
-            ts = parse_ts(e.get("ts"))
-            if e.get("kind") != "checkin" or ts is None or not in_period(ts):
+    for unit in site.by_unit:
+        for ts, data, e in site.events(unit, "checkin"):
+            if not site.in_period(ts):
                 continue
             card = str(data.get("card"))
             if data.get("decision") in ("accepted", "repeat") and \
@@ -579,7 +612,7 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             if speed > plan.max_speed_kmh:
                 anomalies.append({
                     "kind": "impossible_travel", "ts": iso(t2), "unit": u2, "point": p2.name,
-                    "card": card, "badge": card_badge.get(card), "from_unit": u1,
+                    "card": card, "badge": site.card_badge.get(card), "from_unit": u1,
                     "from_point": p1.name, "from_ts": iso(t1), "distance_m": round(metres),
                     "speed_kmh": round(speed, 1)})
     for (card, unit, day), times in sorted(unknown.items()):
@@ -589,19 +622,7 @@ def evaluate(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, last:
             "point": point.name if point else unit, "card": card, "badge": None,
             "date": day.isoformat(), "taps": len(times)})
     anomalies.sort(key=lambda a: (a["ts"], a["kind"], a["unit"]))
-
-    # Where a timeline shows them: at the deadline that passed (the unit may say so later).
-    missed_rounds = [
-        {"unit": u, "ts": iso(t), "window": (e.get("data") or {}).get("window")}
-        for u in plan.point_by_unit for e in by_unit.get(u, [])
-        if e.get("kind") == "round_missed"
-        and (t := parse_ts((e.get("data") or {}).get("expected_by")) or parse_ts(e.get("ts")))
-        and in_period(t)]
-    period_visits = [v for v in visits if in_period(v.started)]
-    return Compliance(plan=plan, first=first, last=last, cells=cells, routes=routes,
-                      supervision=[supervision[d] for d in days], leader=leader_gaps,
-                      anomalies=anomalies, visits=period_visits, duty=duty_rows,
-                      missed_rounds=missed_rounds)
+    return anomalies
 
 
 def _missed_in(event: Mapping[str, Any], occ: WindowOccurrence) -> bool:
