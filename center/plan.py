@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from firmware_py.config import NAME_PATTERN, describe_error, key_path, parse_window
 from firmware_py.exc import ConfigInvalid, ConfigUnreadable
@@ -126,7 +126,7 @@ class Plan(Section):
     routes: list[Route] = Field(default_factory=list)
     supervision: Supervision = Field(default_factory=Supervision)
     # Set by the loader: what ``plan_version`` reports when ``version`` is absent.
-    sha256: str = Field(default="", exclude=True)
+    _sha256: str = PrivateAttr(default="")
 
     @field_validator("timezone")
     @classmethod
@@ -167,7 +167,7 @@ class Plan(Section):
         """The plan's ``version``, else the first 12 hex digits of its file's sha256."""
         if self.version is not None:
             return str(self.version)
-        return f"sha256:{self.sha256[:12]}" if self.sha256 else "unversioned"
+        return f"sha256:{self._sha256[:12]}" if self._sha256 else "unversioned"
 
     @cached_property
     def point_by_unit(self) -> dict[str, Point]:
@@ -293,8 +293,6 @@ def _problems_of(error: ValidationError) -> list[str]:
 
 def parse_plan(data: dict[str, Any], source: str = "<plan>", sha256: str = "") -> Plan:
     """Validate an already-parsed TOML document; raise :class:`PlanInvalid`."""
-    if "sha256" in data:
-        raise PlanInvalid(source, ["sha256: unknown key (misspelt? see docs/report.md)"])
     rounds = data.get("rounds")
     if isinstance(rounds, dict) and "min_people" in rounds and "min_people" not in data:
         # Written after the [rounds] table (as the design's example has it), TOML puts
@@ -302,9 +300,10 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", sha256: str = "") -
         data = {**data, "rounds": {k: v for k, v in rounds.items() if k != "min_people"},
                 "min_people": rounds["min_people"]}
     try:
-        plan = Plan.model_validate({**data, "sha256": sha256})
+        plan = Plan.model_validate(data)
     except ValidationError as err:
         raise PlanInvalid(source, _problems_of(err)) from None
+    plan._sha256 = sha256
     cross = plan.cross_problems()
     if cross:
         raise PlanInvalid(source, cross)

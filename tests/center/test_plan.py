@@ -138,3 +138,13 @@ def test_an_unreadable_plan_is_one_line_and_exit_2(tmp_path: Path) -> None:
     out = subprocess.run([str(XUNFANG), "plan", "check", str(bad)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.startswith(f"{bad}: not valid TOML")
+
+
+def test_a_plan_without_a_version_is_known_by_its_file_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    text = (REPO / "config" / "plan.toml").read_text(encoding="utf-8")
+    path = tmp_path / "plan.toml"
+    path.write_text(text.replace("version = 1\n", ""), encoding="utf-8")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert load_plan(path).plan_version == f"sha256:{digest[:12]}"
