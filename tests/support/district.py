@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -38,8 +37,6 @@ from firmware_py.signing import SigningKey
 from firmware_py.sim import tap
 from tests.support.brokers import Mosquitto
 from tests.support.units import write_unit_config
-
-os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
 WAIT_S = 20.0
 HOLD_S = 1.6
