@@ -131,16 +131,19 @@ def week_actions(d: District, first: date, days: int, tz: ZoneInfo,
             visit(at(day, 20, 50), "zt-pp-04", "PA-104", "VI-203")
     # Level 2 on the third night: two rounds, and a leader on duty, whom the station
     # has only from 20:00 to 01:00.
-    third = first + timedelta(days=2)
-    actions.append((at(third, 19, 0), lambda: d.level(2)))
-    actions.append((at(third + timedelta(days=1), 7, 0), lambda: d.level(3)))
-    tap(at(third, 20, 0), "zt-station", CARD["PO-001"])
-    tap(at(third + timedelta(days=1), 1, 0), "zt-station", CARD["PO-001"])
-    visit(at(third, 23, 30) + timedelta(hours=3), "zt-pp-01", "PA-102", "VI-201")
+    if days > 2:
+        third = first + timedelta(days=2)
+        actions.append((at(third, 19, 0), lambda: d.level(2)))
+        actions.append((at(third + timedelta(days=1), 7, 0), lambda: d.level(3)))
+        tap(at(third, 20, 0), "zt-station", CARD["PO-001"])
+        tap(at(third + timedelta(days=1), 1, 0), "zt-station", CARD["PO-001"])
+        visit(at(third, 23, 30) + timedelta(hours=3), "zt-pp-01", "PA-102", "VI-201")
     # The fifth evening the tea village's point is switched off until morning.
-    fifth = first + timedelta(days=min(4, days - 1))
-    actions.append((at(fifth, 18, 0), lambda: d.stop_unit("zt-pp-03")))
-    actions.append((at(fifth + timedelta(days=1), 6, 0), lambda: d.start_unit("zt-pp-03")))
+    if days > 4:
+        fifth = first + timedelta(days=4)
+        actions.append((at(fifth, 18, 0), lambda: d.stop_unit("zt-pp-03")))
+        actions.append((at(fifth + timedelta(days=1), 6, 0),
+                        lambda: d.start_unit("zt-pp-03")))
     # A card nobody enrolled, tried at the checkpoint; a guard's card in two places at once;
     # a guard who taps the same point again and again in one night.
     tap(at(first + timedelta(days=min(3, days - 1)), 22, 10), "zt-cp-01", STRANGER)
@@ -182,11 +185,11 @@ def run_week(workdir: Path, first: date, days: int = 7, seed: int = 15,
             d.at(max(when, d.now()))     # actions a minute apart may overlap a visit's close
             action()
             if n % 40 == 0:
-                say(f"  {when.astimezone(tz):%m-%d %H:%M}  {n}/{len(actions)} events of the "
-                    f"week played")
+                say(f"  {when.astimezone(tz):%m-%d %H:%M}  {n}/{len(actions)} patrol events "
+                    "played")
         d.sync()
         db = d.db_path
-    say(f"  the week played in {time.monotonic() - started:.0f} s: {len(units)} units, "
+    say(f"  {days} day(s) played in {time.monotonic() - started:.0f} s: {len(units)} units, "
         f"{len(actions)} patrol events, ledger {db}")
     register = load_register(register_path)
     last = first + timedelta(days=days - 1)
