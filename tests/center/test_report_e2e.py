@@ -293,6 +293,21 @@ return {cells: option.series[0].data, rows: option.yAxis[0].data, columns: optio
 """
 
 
+GLYPHS_DIFFER = """
+function draw(ch) {
+  var canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 48;
+  var ctx = canvas.getContext('2d');
+  ctx.font = '40px ' + getComputedStyle(document.body).fontFamily;
+  ctx.fillText(ch, 2, 40);
+  return Array.from(ctx.getImageData(0, 0, 48, 48).data);
+}
+var a = draw(arguments[0]), b = draw(arguments[1]);
+var inked = a.some(function (v) { return v > 0; });
+return inked && a.some(function (v, i) { return v !== b[i]; });
+"""
+
+
 @pytest.mark.timeout(300)
 def test_the_html_report_renders_in_chromium_with_the_json_cells(
         ledger: tuple[Path, Path, Path], chromium: Any, tmp_path: Path) -> None:
@@ -334,6 +349,9 @@ def test_the_html_report_renders_in_chromium_with_the_json_cells(
         assert (np.abs(image.astype(int) - bgr).sum(axis=2) < 12).sum() > 500, verdict
     title = chromium.find_element("css selector", "header h1")
     assert title.text.startswith("巡防考核报告") and title.size["width"] > 150
+    # Two different characters drawn in the page's font differ: without a CJK font both
+    # would be the same empty box.
+    assert chromium.execute_script(GLYPHS_DIFFER, "巡", "防")
     print(f"screenshot: {png}")
 
 
