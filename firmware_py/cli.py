@@ -38,6 +38,8 @@ MAX_PROBLEM_LINES = 50
 # Modules that add their own subcommands with ``add_parser(subparsers)``.
 SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.register", "center.send",
                       "center.watch", "firmware_py.check", "firmware_py.sim"]
+# The centre's patrol plan and compliance report.
+SUBCOMMAND_MODULES += ["center.plan", "center.report"]
 
 
 def _load_or_exit(path: str, *, check_files: bool = False) -> UnitConfig:

@@ -18,12 +18,15 @@ and prints three views, interleaved: ``unit`` and ``car`` lines are the two
 units' journals as they grow (each is on disk before anything else happens to
 it), ``centre`` lines
 are what reaches the centre. Then it plays what the field does to a unit
-(:meth:`Demo.scenario`) and keeps running until Ctrl-C, or for ``--seconds``.
+(:meth:`Demo.scenario`), then a week of a small district through real units and
+the ledger (``scripts/demo_week.py``) and its compliance report, and keeps
+running until Ctrl-C, or for ``--seconds``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import pty
@@ -41,6 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
 
 from drivers.gnss import encode_epoch  # noqa: E402
 from firmware_py.cli import format_event  # noqa: E402
@@ -69,8 +73,9 @@ def say(text: str) -> None:
 
 
 class Demo:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, week_days: int = 7) -> None:
         self.dir = workdir
+        self.week_days = week_days
         self.logs = workdir / "logs"
         self.broker: Mosquitto | None = None
         self.unit: subprocess.Popen[bytes] | None = None
@@ -348,6 +353,8 @@ class Demo:
                 break
             say(text)
             action()
+        if self.week_days and not self.stop.is_set():
+            self.run_week()
         remaining = (seconds - (time.monotonic() - started)) if seconds else None
         if remaining is None:
             say("the unit keeps running; Ctrl-C stops the demo")
@@ -355,6 +362,21 @@ class Demo:
         elif remaining > 0:
             self.wait(remaining)
         return 0
+
+    def run_week(self) -> None:
+        """A week of a district (its own broker, units and ledger), then the report."""
+        import webbrowser
+
+        from demo_week import last_monday, run_week
+
+        first = last_monday(datetime.date.today())
+        say(f"a week of a small district from {first}: 3 zones, 6 patrol points, 2 kiosks, "
+            "a checkpoint, 20 people; real units and ledger on a fast clock")
+        html = run_week(self.dir / "week", first, self.week_days,
+                        say=lambda line: self.show("week", line.strip()))
+        say(f"the compliance report: {html}")
+        if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+            webbrowser.open(html.as_uri())
 
     def close(self) -> None:
         self.stop.set()
@@ -382,8 +404,10 @@ def main() -> int:
                         help="stop after this long (default: run until Ctrl-C)")
     parser.add_argument("--dir", type=Path, default=REPO / "demo-data",
                         help="where the demo keeps its files (wiped at start)")
+    parser.add_argument("--week-days", type=int, default=7,
+                        help="days of the district's week at the end (0: none)")
     args = parser.parse_args()
-    demo = Demo(args.dir.resolve())
+    demo = Demo(args.dir.resolve(), args.week_days)
     signal.signal(signal.SIGTERM, lambda *_: demo.stop.set())
     try:
         return demo.run(args.seconds)

@@ -22,6 +22,10 @@ command -v shellcheck >/dev/null || need_apt+=(shellcheck)
 # gpsd, and gpsfake (in gpsd-clients) to replay receiver captures through it.
 [ -x /usr/sbin/gpsd ] || need_apt+=(gpsd)
 command -v gpsfake >/dev/null || need_apt+=(gpsd-clients)
+# The centre's report is checked in a real browser; Chinese needs a CJK font.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_apt+=(fonts-noto-cjk)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian's packages" >&2
     as_root apt-get update -qq

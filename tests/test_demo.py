@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--seconds", "75",
-         "--dir", str(tmp_path / "demo")],
+         "--dir", str(tmp_path / "demo"), "--week-days", "2"],
         capture_output=True, text=True, timeout=200)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,3 +58,7 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
                    and "police_led=true" in line for line in car), point
     assert any("demo/demo-car-01" in line and " track " in line and "km/h" in line
                for line in centre)
+    # The district's days through real units, and the report made from its ledger.
+    report = re.search(r"the compliance report: (\S+)", out)
+    assert report is not None and Path(report.group(1)).read_text(encoding="utf-8")
+    assert (Path(report.group(1)).parent / "report.json").exists()
