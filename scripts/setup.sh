@@ -19,6 +19,8 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+# The time tests check the chrony snippet the install script writes with chronyd itself.
+[ -x /usr/sbin/chronyd ] || need_apt+=(chrony)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian's packages" >&2
     as_root apt-get update -qq
