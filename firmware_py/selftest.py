@@ -332,6 +332,22 @@ class SelfTest:
             return stored["state"] == "active"
         return False if stored is None else None  # never raised: normal
 
+    def _stored_device(self, kind: str, name: str) -> str | None:
+        """A device's state as its service last recorded it in the journal, if any."""
+        from .journal import Journal
+
+        if not self.cfg.journal_path.exists():
+            return None
+        try:
+            with Journal(self.cfg.journal_path, unit=self.cfg.unit.id,
+                         site=self.cfg.unit.site) as journal:
+                stored = journal.state_get(f"device/{kind}/{name}")
+        except Exception:
+            return None  # the journal has its own line in `xunfang status`
+        finally:
+            give_back(self.cfg.journal_path)
+        return str(stored.get("state")) if isinstance(stored, dict) else None
+
     def _read_input(self, part: str, source: str, pin: int, nc: bool, fix: str) -> Outcome:
         from drivers.inputs import PanicButton, TamperSwitch
 
@@ -372,9 +388,12 @@ class SelfTest:
             frame = cap.wait(after=0, timeout=wait_s)
             error = cap.last_error
         if frame is None:
+            held = self._stored_device("cameras", cc.name)
+            note = self._("; the camera service last reported it {state}").format(
+                state=held) if held else ""
             return Outcome(part, False, self._("no frame from {source} within {s:.0f} s{error}")
                            .format(source=source, s=wait_s,
-                                   error=f" ({error})" if error else ""), self._(
+                                   error=f" ({error})" if error else "") + note, self._(
                            "check the camera's cable and power, the source in the config, "
                            "and stop xunfang-camera if it holds a USB camera "
                            "(systemctl stop xunfang-camera)"))

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import pytest
 
+from tests.drivers.pn532_peer import Pn532Peer
 from tests.support.brokers import Mosquitto, render_acl
 from tests.support.daemon import Daemon
 from tests.support.footage import clip_path
@@ -190,6 +191,52 @@ def test_wrong_ca_certificate_is_refused_by_the_broker(tmp_path: Path,
     assert done.returncode == 1, done.stdout
     [line] = [x for x in done.stdout.splitlines() if x.startswith("[FAIL] broker:")]
     assert "refuses the unit's certificate" in line or "TLS with" in line, line
+
+
+def test_pn532_names_its_firmware_and_a_tapped_card(tmp_path: Path, system_root: Path) -> None:
+    peer = Pn532Peer()
+    try:
+        cfg = unit_config(tmp_path, readers=[
+            {"name": "door", "driver": "pn532", "port": peer.path, "baud": 115200}])
+        proc = subprocess.Popen(
+            [str(XUNFANG), "check", "-c", str(cfg), "--tap", "--tap-timeout", "20", "--lang",
+             "en", "--skip", "broker", "--root", str(system_root)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        assert proc.stdout is not None
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if "tap a card on reader door now" in line:
+                peer.present(bytes.fromhex("04A1B2C3D4E580"))
+        rc = proc.wait(60)
+    finally:
+        peer.close()
+    text = "".join(out)
+    assert rc == 0, text
+    assert (f"[ ok ] reader door: pn532 on {peer.path} opens, reports PN532 firmware 1.6; "
+            "read card 04A1B2C3D4E580") in text
+
+
+def test_no_card_within_the_tap_timeout_fails(tmp_path: Path, system_root: Path) -> None:
+    cfg = unit_config(tmp_path,
+                      readers=[{"name": "main", "driver": "sim", "port": "sim://rdm6300"}])
+    done = check(cfg, "--tap", "--tap-timeout", "1", "--lang", "en", "--skip", "broker",
+                 root=system_root)
+    assert done.returncode == 1
+    assert "[FAIL] reader main: sim on sim://rdm6300 opens; no card read within 1 s" \
+        in done.stdout
+    assert "hold the card flat on the reader" in done.stdout
+
+
+def test_camera_without_frames_fails(tmp_path: Path, system_root: Path) -> None:
+    missing = tmp_path / "no-such-clip.avi"
+    cfg = unit_config(tmp_path, cameras=[{"name": "gate", "source": str(missing)}])
+    done = check(cfg, "--lang", "en", "--skip", "broker", root=system_root)
+    assert done.returncode == 1
+    [line] = [x for x in done.stdout.splitlines() if "camera gate" in x]
+    assert line.startswith(f"[FAIL] camera gate: no frame from {missing} within 15 s")
+    assert "check the camera's cable and power" in done.stdout
+    assert not (tmp_path / "data/check/camera-gate.jpg").exists()
 
 
 def test_data_dir_that_cannot_be_written_fails(tmp_path: Path, system_root: Path) -> None:
