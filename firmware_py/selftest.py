@@ -67,9 +67,15 @@ class Outcome:
 
 
 def station_pid(cfg: UnitConfig) -> int | None:
-    """The pid of a station that is running now, from its status file; None when none is."""
+    """The pid of a station that is running now; None when none is.
+
+    From its status file (a station with readers), else from the lights lock
+    (a station with lights only holds it while it runs).
+    """
     doc = read_status(cfg.unit.runtime_dir)
-    if doc is None or doc.get("stopped"):
+    if doc is None:
+        return _lights_holder(cfg)
+    if doc.get("stopped"):
         return None
     pid = doc.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
@@ -81,6 +87,22 @@ def station_pid(cfg: UnitConfig) -> int | None:
     except PermissionError:
         pass  # alive, another user's
     return pid
+
+
+def _lights_holder(cfg: UnitConfig) -> int | None:
+    from .lights_control import LOCK_NAME, LightsLock
+
+    lock = LightsLock(cfg.unit.runtime_dir / LOCK_NAME)
+    if not lock.path.exists():
+        return None   # never made here: a root-owned lock file would bother the station
+    try:
+        if lock.acquire():
+            lock.release()
+            return None
+    except OSError:
+        return None
+    holder = lock.holder().removeprefix("pid ")
+    return int(holder) if holder.isdigit() else None
 
 
 class SelfTest:

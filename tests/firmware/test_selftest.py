@@ -132,6 +132,26 @@ def test_report_is_chinese_by_default(tmp_path: Path, system_root: Path) -> None
     assert done.stdout.rstrip().endswith("项检查通过")
 
 
+def test_password_unit_passes_and_a_wrong_password_is_refused(tmp_path: Path,
+                                                              system_root: Path) -> None:
+    password = tmp_path / "mqtt.password"
+    with Mosquitto(passwords={UNIT: "s3cret"}, acl_text=render_acl({UNIT: SITE})) as broker:
+        mqtt = {"host": "127.0.0.1", "port": broker.port, "username": UNIT,
+                "password_file": str(password)}
+        cfg = unit_config(tmp_path, mqtt=mqtt)
+        password.write_text("s3cret\n")
+        good = check(cfg, "--lang", "en", root=system_root)
+        password.write_text("wrong\n")
+        bad = check(cfg, "--lang", "en", root=system_root)
+    assert good.returncode == 0, good.stdout
+    assert f"[ ok ] password file: {password}: readable" in good.stdout
+    assert "(MQTT 5: the ACL allows it)" in good.stdout
+    assert bad.returncode == 1
+    [line] = [x for x in bad.stdout.splitlines() if x.startswith("[FAIL] broker:")]
+    assert f"127.0.0.1:{broker.port} refused the unit:" in line
+    assert "ask the centre to add it" in bad.stdout
+
+
 def test_broker_down_fails_with_what_to_do(tmp_path: Path, system_root: Path) -> None:
     broker = Mosquitto()
     port = broker.port  # never started: nothing listens there
@@ -328,3 +348,25 @@ def test_while_the_station_runs_it_is_asked_not_bypassed(tmp_path: Path,
            "station" in done.stdout
     assert f"[ ok ] input panic: GPIO5: normal; in use by the running station (PID {pid})" \
         in done.stdout
+
+
+def test_a_station_with_lights_only_is_found_by_its_lock(tmp_path: Path,
+                                                         system_root: Path) -> None:
+    cfg = unit_config(tmp_path, lights={"warning": {"pins": [17, 27]}}, inputs={"panic": 5})
+    station = Daemon(cfg, tmp_path / "station.log", ("station",),
+                     env={"GPIOZERO_PIN_FACTORY": "mock", "XUNFANG_CLOCK_SYNCED": "1"})
+    station.start()
+    try:
+        lock = tmp_path / "data/run/lights.lock"
+        wait = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().strip().isdigit()):
+            assert time.monotonic() < wait, station.text()
+            time.sleep(0.1)
+        done = check(cfg, "--lang", "en", "--skip", "broker", "--skip", "lights",
+                     root=system_root)
+    finally:
+        station.stop()
+    assert station.proc is not None
+    assert done.returncode == 0, done.stdout + station.text()
+    assert f"[ ok ] input panic: GPIO5: normal; in use by the running station " \
+           f"(PID {station.proc.pid})" in done.stdout
