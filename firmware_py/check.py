@@ -20,6 +20,7 @@ failed), 2 bad configuration or usage.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -55,6 +56,9 @@ def cmd_check_all(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     _ = translator(choose_language(args.lang))
+    if not args.verbose:
+        # The report is the output; the drivers' info lines would only interleave with it.
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         return SelfTest(cfg, _, root=Path(args.root), tap=args.tap,
                         tap_timeout_s=args.tap_timeout, light_seconds=args.light_seconds,

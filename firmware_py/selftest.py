@@ -447,10 +447,10 @@ class SelfTest:
                     "put the unit's MQTT password in {path} (mode 0640, group xunfang)")
                     .format(path=m.password_file))
             else:
-                yield Outcome(part, bool(text), self._("{path}: readable").format(
-                    path=m.password_file) if text else self._("{path}: empty").format(
-                    path=m.password_file), self._("put the unit's MQTT password in {path}")
-                    .format(path=m.password_file))
+                detail = self._("{path}: readable") if text else self._("{path}: empty")
+                yield Outcome(part, bool(text), detail.format(path=m.password_file),
+                              self._("put the unit's MQTT password in {path}").format(
+                                  path=m.password_file))
         if m.tls is not None:
             yield from self._tls_files()
 
