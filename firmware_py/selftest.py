@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -46,6 +47,8 @@ from .config import UnitConfig
 from .i18n import Translate
 from .statusfile import read_status
 from .timesync import CHRONY_SNIPPET, WATCHDOG_DROP_IN, render_chrony
+
+log = logging.getLogger("xunfang.check")
 
 EXIT_OK, EXIT_FAILED = 0, 1
 # Below this much free space the journal and footage soon stop.
@@ -132,8 +135,14 @@ class SelfTest:
             if name in self.skip:
                 self.report(Outcome(name, None, self._("skipped (--skip)")))
                 continue
-            for outcome in getattr(self, f"check_{name}")():
-                self.report(outcome)
+            try:
+                for outcome in getattr(self, f"check_{name}")():
+                    self.report(outcome)
+            except Exception as err:  # one broken part must not hide the others
+                log.debug("check %s failed", name, exc_info=True)
+                self.report(Outcome(name, False, self._("the check itself failed: {error}")
+                                    .format(error=_err(err)), self._(
+                                    "run it again with -v and report the log")))
         failed = sum(1 for r in self.results if r.ok is False)
         passed = sum(1 for r in self.results if r.ok)
         if failed:

@@ -26,6 +26,7 @@ from typing import Any
 from . import __version__
 from .clock import SystemClock, rfc3339_ms
 from .config import UnitConfig
+from .exc import JournalError
 from .i18n import Translate, choose_language, translator
 from .journal import Journal
 from .selftest import station_pid
@@ -214,6 +215,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(_("no journal at {path}: the unit has not run yet").format(
             path=cfg.journal_path), file=sys.stderr)
+        return 1
+    except JournalError as err:
+        print(_("cannot read the journal: {error}").format(error=err), file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(doc, ensure_ascii=False, indent=2))

@@ -144,3 +144,13 @@ def test_status_without_a_journal_says_so(tmp_path: Path) -> None:
     done = xunfang("status", "-c", str(cfg), "--lang", "en")
     assert done.returncode == 1
     assert "the unit has not run yet" in done.stderr
+
+
+def test_status_of_an_unreadable_journal_is_one_line(tmp_path: Path) -> None:
+    cfg = write_unit_config(tmp_path / "unit.toml", tmp_path / "data")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/journal.db").write_bytes(b"not a database " * 100)
+    done = xunfang("status", "-c", str(cfg), "--lang", "en")
+    assert done.returncode == 1
+    assert done.stderr.startswith("cannot read the journal: ")
+    assert "journal.db" in done.stderr and "Traceback" not in done.stderr
