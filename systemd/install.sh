@@ -314,17 +314,18 @@ install_time_and_watchdog() {
         fi
     fi
     rendered=$(mktemp -d)
-    # shellcheck disable=SC2064
-    trap "rm -rf '$rendered'${wheels:+ '$wheels'}" EXIT
     if [ -f "$conf" ]; then
-        "$PYTHON" "$src/firmware_py/timesync.py" chrony "$conf" >"$rendered/chrony.conf" \
-            || die "cannot render the chrony snippet from $CONF (above)" 2
+        if ! "$PYTHON" "$src/firmware_py/timesync.py" chrony "$conf" >"$rendered/chrony.conf"; then
+            rm -rf "$rendered"
+            die "cannot render the chrony snippet from $CONF (above)" 2
+        fi
     else
         "$PYTHON" "$src/firmware_py/timesync.py" chrony "$example" >"$rendered/chrony.conf"
     fi
     "$PYTHON" "$src/firmware_py/timesync.py" watchdog >"$rendered/watchdog.conf"
     install_file 0644 "$rendered/chrony.conf" /etc/chrony/conf.d/xunfang.conf
     install_file 0644 "$rendered/watchdog.conf" /etc/systemd/system.conf.d/xunfang-watchdog.conf
+    rm -rf "$rendered"
     if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
         run systemctl daemon-reexec          # systemd reads system.conf.d only then
         if systemctl is-active --quiet chrony; then run systemctl restart chrony; fi
