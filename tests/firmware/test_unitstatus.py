@@ -154,3 +154,25 @@ def test_status_of_an_unreadable_journal_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.startswith("cannot read the journal: ")
     assert "journal.db" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_status_while_the_station_runs_names_its_pid(tmp_path: Path) -> None:
+    cfg = write_unit_config(tmp_path / "unit.toml", tmp_path / "data",
+                            readers=[{"name": "main", "driver": "sim", "port": "sim://rdm6300"}])
+    station = Daemon(cfg, tmp_path / "station.log", ("station",),
+                     env={"GPIOZERO_PIN_FACTORY": "mock", "XUNFANG_CLOCK_SYNCED": "1"})
+    station.start()
+    try:
+        status_file = tmp_path / "data/run/station.json"
+        wait_for(lambda: status_file.exists() and '"online"' in status_file.read_text(),
+                 "the reader online")
+        done = xunfang("status", "-c", str(cfg), "--json")
+    finally:
+        station.stop()
+    assert station.proc is not None
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["station"]["running"] is True
+    assert doc["station"]["pid"] == station.proc.pid
+    assert doc["readers"]["main"]["state"] == "online"
+    assert doc["last_health"] is None   # no uplink ran
