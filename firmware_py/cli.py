@@ -6,6 +6,8 @@ Unit side::
     xunfang run -c /etc/xunfang/unit.toml [station|camera|uplink]
     xunfang journal tail -c /etc/xunfang/unit.toml [-n 20] [--no-follow]
     xunfang journal stats -c /etc/xunfang/unit.toml
+    xunfang check -c /etc/xunfang/unit.toml [--tap]      (the installer's self-test)
+    xunfang status -c /etc/xunfang/unit.toml [--json]    (works with the daemons stopped)
 
 Centre side: ``xunfang keys``, and the tools each feature adds.
 
@@ -37,7 +39,8 @@ MAX_PROBLEM_LINES = 50
 
 # Modules that add their own subcommands with ``add_parser(subparsers)``.
 SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.register", "center.send",
-                      "center.watch", "firmware_py.check", "firmware_py.sim"]
+                      "center.watch", "firmware_py.check", "firmware_py.sim",
+                      "firmware_py.unitstatus"]
 # The centre's patrol plan and compliance report.
 SUBCOMMAND_MODULES += ["center.plan", "center.report"]
 

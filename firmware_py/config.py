@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from .exc import ConfigInvalid, ConfigUnreadable
+from .timesync import DEFAULT_GNSS_DEVICE, DEVICE_PATTERN, HOST_PATTERN
 
 NAME_PATTERN = r"^[a-z0-9-]{1,32}$"
 DEVICE_NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
@@ -499,6 +500,20 @@ class JournalSection(Section):
     prune_every_s: int = Field(default=600, ge=10, le=86400)
 
 
+# -- [time] ------------------------------------------------------------------------------
+
+
+class TimeSection(Section):
+    """What the install script writes into chrony's config (firmware_py/timesync.py)."""
+
+    # Empty: chrony's own servers (Debian's pool), which a closed network cannot reach.
+    ntp_servers: list[Annotated[str, Field(pattern=HOST_PATTERN)]] = Field(
+        default_factory=list, max_length=16)
+    # A GNSS receiver through gpsd: its SHM refclock and PPS socket.
+    gnss_refclock: bool = False
+    gnss_device: str = Field(default=DEFAULT_GNSS_DEVICE, pattern=DEVICE_PATTERN)
+
+
 # -- the whole file ---------------------------------------------------------------------
 
 
@@ -518,6 +533,7 @@ class UnitConfig(Section):
     cameras: list[CameraConfig] = Field(default_factory=list, max_length=MAX_CAMERAS)
     gnss: GnssSection | None = None
     vehicle: VehicleSection = Field(default_factory=VehicleSection)
+    time: TimeSection = Field(default_factory=TimeSection)
 
     # Filled by load_config: where the file came from and the hash of its bytes.
     source_path: FilePath | None = Field(default=None, exclude=True)

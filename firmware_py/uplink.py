@@ -130,6 +130,8 @@ LOG_EVERY_S = 30.0
 
 SENT_CURSOR = "uplink_sent"
 ACKS_REJECTED_KEY = "uplink/acks_rejected"
+# The broker's side of the last health report, for `xunfang status` with the uplink stopped.
+LAST_HEALTH_KEY = "uplink/last_health"
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 #: ``handler(topic, message)`` for one channel of incoming messages (``ack``
@@ -1308,6 +1310,10 @@ class UplinkComponent(Component):
             self.log.error("cannot read the journal for the health report: %s", err)
             report = self.health_without_journal(str(err))
         self._publish_control(self.health_topic, lambda: _compact(report), "health")
+        with contextlib.suppress(JournalError):
+            self.journal.state_set(LAST_HEALTH_KEY, {
+                "ts": report["ts"], "version": __version__, "broker": report.get("broker"),
+                "pending": report.get("pending")})
 
     def station_status(self) -> dict[str, Any] | None:
         """The station's own word on its journal writes (``statusfile``), or None."""
