@@ -409,14 +409,30 @@ def _read_site(plan: Plan, events: Iterable[Mapping[str, Any]], first: date, las
                 site.levels[unit].append((ts, int(data["level"])))
     if register:
         site.badge_role.update({b: p.role for b, p in register.items() if p.role})
-    site.visits = sorted((v for unit in plan.point_by_unit for v in _visits(site, unit)),
-                         key=lambda v: v.started)
+    site.visits = sorted(_visits(site), key=lambda v: v.started)
     return site
 
 
-def _visits(site: _Site, unit: str) -> Iterator[Visit]:
+def _visit_events(site: _Site) -> Iterator[tuple[str, datetime, Mapping[str, Any]]]:
+    """(point unit, ts, data) of every visit that counts at a point of the plan: card
+    visits on the point's own unit, and a vehicle's GNSS visits to the point whose
+    ``desired/points`` id is that unit, where the plan lets each kind count."""
+    plan = site.plan
+    for unit in site.by_unit:
+        for ts, data, _e in site.events(unit, "visit"):
+            if data.get("source") == "gnss":
+                where = data.get("point")
+                kind = "gnss"
+            else:
+                where, kind = unit, "card"
+            point = plan.point_by_unit.get(where) if isinstance(where, str) else None
+            if point is not None and kind in point.visits:
+                yield point.unit, ts, data
+
+
+def _visits(site: _Site) -> Iterator[Visit]:
     plan, register, sup = site.plan, site.register, site.plan.supervision
-    for ts, data, _e in site.events(unit, "visit"):
+    for unit, ts, data in _visit_events(site):
         started = parse_ts(data.get("started")) or ts
         badges = [b for b in data.get("badges") or [] if isinstance(b, str)]
         roles = _roles(data.get("roles"))

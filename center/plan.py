@@ -81,6 +81,10 @@ class Point(Section):
     longitude: float | None = Field(default=None, ge=-180, le=180)
     # None: every window of the plan; [] : no rounds (a kiosk listed for its name and place).
     windows: list[str] | None = None
+    # Which visits count here: taps on the point's own reader ("card") and a patrol
+    # vehicle's stay inside the point's geofence ("gnss"; desired/points id = this unit).
+    visits: list[Literal["card", "gnss"]] = Field(default_factory=lambda: ["card", "gnss"],
+                                                  min_length=1, max_length=2)
 
     @field_validator("latitude", "longitude", mode="before")
     @classmethod

@@ -323,7 +323,8 @@ class Row:
                 "valid_from": self.valid_from, "valid_to": self.valid_to, "line": self.line}
 
 
-def _column_of(heading: str) -> str | None:
+def column_of(heading: str) -> str | None:
+    """The register column a heading names (English or Chinese), or None."""
     text = heading.strip().lstrip("\ufeff").strip()
     if text in ALIASES:
         return ALIASES[text]
@@ -419,7 +420,7 @@ class _Checker:
         for i, heading in enumerate(cells):
             if not heading:
                 continue
-            column = _column_of(heading)
+            column = column_of(heading)
             if column is None:
                 self.add(line, i, heading, _("unknown column; the columns are: {names}")
                          .format(names=_column_names()))

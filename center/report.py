@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from center.compliance import CELL_VERDICTS, ROUTE_VERDICTS, Compliance, Person, evaluate
 from center.plan import ROLES, Plan, load_plan_or_exit
+from center.register import ROLE_ALIASES, RegisterError, column_of, read_table
 from firmware_py.exc import XunfangError
 
 if TYPE_CHECKING:
@@ -207,20 +208,22 @@ def load_register(path: str | Path) -> dict[str, Person]:
             raise ReportError(f"{path}: not a card list: {err}") from err
         source = "card list"
     else:
-        for encoding in ("utf-8-sig", "gb18030"):
-            try:
-                text = raw.decode(encoding)
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
-            raise ReportError(f"{path}: neither UTF-8 nor GB18030 text")
-        reader = csv.DictReader(io.StringIO(text))
-        header = [h.strip() for h in reader.fieldnames or []]
+        # The same reading as `xunfang cards import`: CSV (UTF-8, BOM, GB18030) or XLSX,
+        # English or Chinese headings; the report needs only who is who, so it is lenient
+        # about the rest of a row.
+        try:
+            table = read_table(path)
+        except RegisterError as err:
+            raise ReportError(f"{path}: {err}") from err
+        if not table.rows:
+            raise ReportError(f"{path}: line 1: no 'badge' column (columns: "
+                              f"{', '.join(REGISTER_COLUMNS)}, …)")
+        header = [column_of(h) or h.strip() for h in table.rows[0][1]]
         if "badge" not in header:
             raise ReportError(f"{path}: line 1: no 'badge' column (columns: "
                               f"{', '.join(REGISTER_COLUMNS)}, …)")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+        rows = [dict(zip(header, (c.strip() for c in cells), strict=False))
+                for _line, cells in table.rows[1:]]
         source = "register"
     people: dict[str, Person] = {}
     for i, row in enumerate(rows, start=2):
@@ -228,6 +231,7 @@ def load_register(path: str | Path) -> dict[str, Person]:
         if not badge:
             continue
         role = row.get("role", "")
+        role = ROLE_ALIASES.get(role, role.lower())
         if role and role not in ROLES:
             raise ReportError(f"{path}: {source} line {i}, column role: {role!r} is not one of "
                               f"{', '.join(ROLES)}")

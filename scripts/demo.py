@@ -26,7 +26,6 @@ running until Ctrl-C, or for ``--seconds``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pty
@@ -369,7 +368,7 @@ class Demo:
 
         from demo_week import last_monday, run_week
 
-        first = last_monday(datetime.date.today())
+        first = last_monday(datetime.now(UTC).date())
         say(f"a week of a small district from {first}: 3 zones, 6 patrol points, 2 kiosks, "
             "a checkpoint, 20 people; real units and ledger on a fast clock")
         html = run_week(self.dir / "week", first, self.week_days,

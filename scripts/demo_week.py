@@ -178,7 +178,8 @@ def run_week(workdir: Path, first: date, days: int = 7, seed: int = 15,
     logging.getLogger("xunfang").setLevel(logging.ERROR)
     with District(workdir / "run", plan.site, units, start, windows=windows,
                   round_every_min={3: 150, 2: 75, 1: 50}) as d:
-        d.cards([{"card": p[6], "badge": p[0], "role": p[2]} for p in PEOPLE])
+        d.cards([{"card": p[6], "badge": p[0], "role": p[2], "leader": p[3] == "1"}
+                 for p in PEOPLE])
         actions = week_actions(d, first, days, tz, random.Random(seed))
         actions.sort(key=lambda a: a[0])
         for n, (when, action) in enumerate(actions, start=1):

@@ -117,6 +117,32 @@ def test_cell_verdicts(badges_per_visit: list[list[str]], level: int, verdict: s
     assert c.visits == len(badges_per_visit)
 
 
+def test_a_patrol_vehicles_gnss_visit_counts_at_the_point_it_names() -> None:
+    log = Log()
+    log.alive("pp-a", at(DAY, 19), at(DAY + timedelta(days=1), 6))
+    t = at(DAY, 20, 30)
+    # The vehicle's visit, as the vehicle unit records it (docs/vehicle.md): the point
+    # is the desired/points id, which the centre gives as the patrol point's unit id.
+    log.add("car-01", "visit", t + timedelta(minutes=3), visit="car-01:v", started=z(t),
+            ended=z(t + timedelta(minutes=2)), badges=["PO-1", "PA-1"], cards=["C1", "C2"],
+            roles={"police": 1, "patrol": 1}, people=2, two_person=True, police_led=True,
+            window=None, level=3, source="gnss", point="pp-a")
+    # A GNSS visit naming no point of the plan counts nowhere.
+    log.add("car-01", "visit", t + timedelta(minutes=9), visit="car-01:w", started=z(t),
+            ended=z(t + timedelta(minutes=8)), badges=["PO-1", "PA-1"], cards=["C1", "C2"],
+            roles={"police": 1, "patrol": 1}, people=2, two_person=True, police_led=True,
+            window=None, level=3, source="gnss", point="elsewhere")
+    c = cell(run(log), "pp-a", "evening")
+    assert (c.verdict, c.visits, c.good_visits, c.police_led_visits) == ("done", 1, 1, 1)
+    assert all(c.visits == 0 for c in run(log).cells if c.unit != "pp-a")
+    # A point whose plan takes only taps on its own reader does not count the vehicle.
+    card_only = parse_plan({**PLAN.model_dump(mode="json", exclude_unset=True),
+                            "points": [{"unit": "pp-a", "name": "转塘小学", "zone": "Z1",
+                                        "visits": ["card"]}],
+                            "routes": [], "supervision": {"leader_levels": []}})
+    assert cell(run(log, plan=card_only), "pp-a", "evening").verdict == "missed"
+
+
 def test_no_visits_and_no_proof_the_unit_was_up_is_no_data() -> None:
     log = Log()
     # Up before the window, nothing after its end: the ledger cannot show it was up.

@@ -67,6 +67,22 @@ def test_the_register_reads_gb18030_and_utf8_with_bom(tmp_path: Path) -> None:
         assert (people["AU-001"].role, people["AU-001"].group) == ("auxiliary", "G5")
 
 
+def test_the_register_reads_a_workbook_with_chinese_headings(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["工号", "姓名", "角色", "所领导", "巡组", "巡区", "卡号"])
+    sheet.append(["PO-001", "王建国", "民警", "是", "", "Z1", "E100000001"])
+    sheet.append(["VI-201", "朱红梅", "护村队员", "", "G1", "Z1", "E10000000F"])
+    path = tmp_path / "register.xlsx"
+    book.save(path)
+    people = load_register(path)
+    assert (people["PO-001"].name, people["PO-001"].role, people["PO-001"].leader) == \
+        ("王建国", "police", True)
+    assert (people["VI-201"].role, people["VI-201"].group) == ("village", "G1")
+
+
 def test_a_bad_register_row_names_its_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "register.csv"
     path.write_text("badge,name,role\nPO-001,王建国,police\nX-1,某人,guard\n", encoding="utf-8")

@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from center.ledger import Ledger
-from firmware_py import desired, topics
+from firmware_py import topics
 from firmware_py.clock import ManualClock
 from firmware_py.config import UnitConfig, load_config
 from firmware_py.journal import Event, Journal
@@ -40,12 +40,6 @@ from tests.support.units import write_unit_config
 
 WAIT_S = 20.0
 HOLD_S = 1.6
-
-
-def unit_role(role: str) -> str:
-    """The role a unit is told: units that predate a register role count such people as
-    patrol guards (the centre's register still knows who they are)."""
-    return role if role in desired.ROLES else "patrol"
 
 
 class District:
@@ -168,8 +162,8 @@ class District:
         return str(env["id"])
 
     def cards(self, people: Iterable[Mapping[str, Any]], version: int = 1) -> None:
-        cards = [{"card": p["card"], "badge": p["badge"], "role": unit_role(p["role"])}
-                 for p in people]
+        cards = [{"card": p["card"], "badge": p["badge"], "role": p["role"],
+                  **({"leader": True} if p.get("leader") else {})} for p in people]
         self.publish("cards", {"version": version, "cards": cards})
 
     def level(self, level: int) -> None:
