@@ -267,8 +267,10 @@ def test_reader_noise_counts_reach_the_health_object(station: Callable[..., Stat
     monkeypatch.setattr(CheckinPart, "health_every_s", 0.2)
     st = station()
     st.part.readers["main"].sim.write(b"\x02G" * 120)   # type: ignore[attr-defined]
+    # The reader thread counts a chunk's frames, then judges the episode: a health
+    # snapshot may fall between the two, so wait for both.
     health = wait_until(lambda: (h := st.journal.state_get(reader_key("main")))
-                        and h.get("bad_frames") == 120 and h, 10)
+                        and h.get("bad_frames") == 120 and h.get("noise_warnings") and h, 10)
     # 120 malformed frames are one to two "only noise" episodes (as reads happen to
     # split them): the first is logged, a second within the minute is not.
     assert health["noise_bytes"] == 240 and health["noise_warnings"] == 1

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -259,15 +260,29 @@ def test_camera_without_frames_fails(tmp_path: Path, system_root: Path) -> None:
     assert not (tmp_path / "data/check/camera-gate.jpg").exists()
 
 
-def test_data_dir_that_cannot_be_written_fails(tmp_path: Path, system_root: Path) -> None:
-    blocker = tmp_path / "disk"
-    blocker.write_text("a file where the data directory should be")
-    cfg = write_unit_config(tmp_path / "unit.toml", blocker / "xunfang", time=TIME)
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only file system (a read-only tmpfs; the tests run as root,
+    whom permission bits would not stop)."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
+                   check=True, timeout=30)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
+
+
+def test_data_dir_that_cannot_be_written_fails(tmp_path: Path, system_root: Path,
+                                               read_only_dir: Path) -> None:
+    # (A data_dir that is a file is already a config error: config check says so, exit 2.)
+    cfg = write_unit_config(tmp_path / "unit.toml", read_only_dir, time=TIME)
     done = check(cfg, "--lang", "en", "--skip", "broker", root=system_root)
-    assert done.returncode == 1, done.stdout
+    assert done.returncode == 1, done.stdout + done.stderr
     [line] = [x for x in done.stdout.splitlines() if "data directory" in x]
-    assert line.startswith(f"[FAIL] data directory: {blocker / 'xunfang'}: cannot write")
-    assert "Not a directory" in line
+    assert line.startswith(f"[FAIL] data directory: {read_only_dir}: cannot write")
+    assert "Read-only file system" in line
     assert "→ make" in done.stdout
 
 
