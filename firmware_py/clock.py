@@ -115,6 +115,8 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError(f"expected an RFC 3339 time string, got {type(text).__name__}")
     m = RFC3339_RE.fullmatch(text)
     if m is None:
+        if RFC3339_RE.fullmatch(text + "Z"):
+            raise ValueError(f"time {text!r} has no zone: add Z or an offset")
         raise ValueError(f"time {text[:60]!r} is not RFC 3339 (like 2026-11-28T15:04:05Z "
                          f"or 2026-11-28T23:04:05+08:00)")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
