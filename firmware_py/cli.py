@@ -116,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"unit {cfg.unit.id}: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as err:
-        log.critical("cannot start: cannot lock %s: %s", cfg.unit.data_dir, err)
+        log.critical("cannot start: %s", err)
         return EXIT_FAILED
     try:
         runtime.install_signal_handlers()
