@@ -11,7 +11,8 @@ Unit side::
 
 Centre side: ``xunfang keys``, and the tools each feature adds.
 
-Exit status: 0 ok, 1 failure at run time, 2 bad configuration or usage.
+Exit status: 0 ok, 1 failure at run time, 2 bad configuration or usage (or the unit
+is already running: ``xunfang run`` of a component that runs).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .config import UnitConfig, load_config
 from .exc import ConfigError, ConfigInvalid, JournalError, RuntimeFault
 from .journal import Event, Journal
 from .runtime import COMPONENT_NAMES, Runtime, setup_logging
+from .unitlock import AlreadyRunning, UnitLock
 
 log = logging.getLogger("xunfang.cli")
 
@@ -105,19 +107,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RuntimeFault as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
-    runtime.install_signal_handlers()
+    # Before anything touches the journal, the status file or the sim links: a second
+    # start of the same unit must leave the running one's files alone.
+    lock = UnitLock(cfg.unit.data_dir, names)
     try:
-        runtime.start()
-    except (JournalError, OSError) as err:
-        # A data_dir this user may not create or write, a read-only card: say so in one line.
+        lock.acquire()
+    except AlreadyRunning as err:
+        print(f"unit {cfg.unit.id}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as err:
         log.critical("cannot start: %s", err)
-        runtime.stop()
         return EXIT_FAILED
     try:
-        runtime.run_until_stopped()
+        runtime.install_signal_handlers()
+        try:
+            runtime.start()
+        except (JournalError, OSError) as err:
+            # A data_dir this user may not create or write, a read-only card: say so in one line.
+            log.critical("cannot start: %s", err)
+            runtime.stop()
+            return EXIT_FAILED
+        try:
+            runtime.run_until_stopped()
+        finally:
+            runtime.stop()
+        return EXIT_OK
     finally:
-        runtime.stop()
-    return EXIT_OK
+        lock.release()
 
 
 # -- journal ------------------------------------------------------------------------------------

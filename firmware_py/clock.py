@@ -26,10 +26,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Protocol
 
 # From <sys/timex.h>: a status bit and a return value of adjtimex().
@@ -99,13 +100,36 @@ def rfc3339_ms(epoch_ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
 
 
+#: RFC 3339 ``date-time`` (section 5.6): ``T`` and ``Z`` in either case, any fraction
+#: (up to nanoseconds), ``Z`` or a numeric offset. Nothing looser (no date alone, no
+#: missing seconds, no space for ``T``): what one centre writes, every unit reads alike.
+RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII)
+
+
 def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 time with a zone (``Z`` or an offset); raise ValueError otherwise."""
+    """Parse an RFC 3339 time (``Z`` or an offset such as ``+08:00``) into UTC;
+    raise ValueError for anything else."""
     if not isinstance(text, str):
         raise ValueError(f"expected an RFC 3339 time string, got {type(text).__name__}")
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if dt.tzinfo is None:
-        raise ValueError(f"time {text!r} has no zone: add Z or an offset")
+    m = RFC3339_RE.fullmatch(text)
+    if m is None:
+        if RFC3339_RE.fullmatch(text + "Z"):
+            raise ValueError(f"time {text!r} has no zone: add Z or an offset")
+        raise ValueError(f"time {text[:60]!r} is not RFC 3339 (like 2026-11-28T15:04:05Z "
+                         f"or 2026-11-28T23:04:05+08:00)")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micro = int((m[7] or "0").ljust(6, "0")[:6])
+    if m[8]:
+        offset = timedelta(0)
+    else:
+        off_h, off_m = int(m[10]), int(m[11])
+        if off_h > 23 or off_m > 59:
+            raise ValueError(f"time {text!r} has an offset out of range")
+        offset = timedelta(hours=off_h, minutes=off_m) * (-1 if m[9] == "-" else 1)
+    # datetime checks the ranges (month 13, 30 February, hour 24) and says which.
+    dt = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
     return dt.astimezone(UTC)
 
 

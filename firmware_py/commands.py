@@ -610,8 +610,10 @@ class CommandProcessor:
             raise Rejected("bad_args", f"args.expires_at {env['args'].get('expires_at')} is "
                                        f"not after issued_at {env['issued_at']}")
         previous_mark = desired.doc_mark(mine) if mine is not None else None
-        doc = {"id": ident, "name": name, "scope": scope, "args": env["args"],
-               "issued_at": env["issued_at"], "issued_ms": issued,
+        # Stored with its times in UTC, whatever offset the centre wrote (docs/mqtt-api.md).
+        doc = {"id": ident, "name": name, "scope": scope,
+               "args": desired.utc_args(name, env["args"]),
+               "issued_at": desired.utc_time(env["issued_at"]), "issued_ms": issued,
                "expires_ms": expires_ms, "key": env["key"],
                "received_ms": self.clock.wall_ms(), "received_synced": view.synced,
                "received_seq": self.journal.last_seq() + 1, "confirmed": believed,

@@ -133,7 +133,8 @@ MAX_CLIP_S = 600
 MAX_TEST_S = 600
 MAX_BADGE_LEN = 64
 
-TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+#: The form of every time the unit writes (UTC, ``Z``); it reads any RFC 3339 time.
+UTC_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _HEX_CARD_RE = re.compile(r"^(?:[0-9A-F]{8}|[0-9A-F]{10}|[0-9A-F]{14}|[0-9A-F]{20})$")
 _DEC_CARD_RE = re.compile(r"^dec:(\d{10})$")
 _W26_CARD_RE = re.compile(r"^w26:(\d{1,3}),(\d{1,5})$")
@@ -148,18 +149,40 @@ class ArgsInvalid(ValueError):
 
 
 def time_ms(text: object, what: str = "time") -> int:
-    """Milliseconds since the epoch of ``2026-11-28T15:04:05.123Z`` (UTC, ``Z`` only).
+    """Milliseconds since the epoch of an RFC 3339 time: ``2026-11-28T15:04:05.123Z``,
+    ``2026-11-28T23:04:05+08:00``, ``t``/``z`` in lower case (docs/mqtt-api.md, "Times").
 
-    The API writes every time this way; anything else raises :class:`ArgsInvalid`.
+    Anything else raises :class:`ArgsInvalid`.
     """
-    if not isinstance(text, str) or not TIME_RE.match(text):
-        raise ArgsInvalid(f"{what} must be an RFC 3339 UTC time like "
+    if not isinstance(text, str):
+        raise ArgsInvalid(f"{what} must be an RFC 3339 time like "
                           f"2026-11-28T15:04:05.123Z, got {_show(text)}")
     try:
         dt = parse_rfc3339(text)
     except ValueError as err:
-        raise ArgsInvalid(f"{what} {text!r} is not a valid time: {err}") from err
+        raise ArgsInvalid(f"{what} {_show(text)} is not a valid time: {err}") from err
     return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def utc_time(text: str | None) -> str | None:
+    """An RFC 3339 time the unit accepted, in UTC: unchanged when it is already in the
+    form the unit writes (``…T…Z``), else rewritten as ``2026-11-28T15:04:05.123Z``."""
+    if text is None or UTC_TIME_RE.fullmatch(text):
+        return text
+    return rfc3339_ms(time_ms(text))
+
+
+def utc_args(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Valid ``args`` of desired document ``name`` with every time in UTC (:func:`utc_time`),
+    as the unit stores and reports them whatever offset the centre wrote."""
+    out = dict(args)
+    if name in ("level", "lights") and out.get("expires_at") is not None:
+        out["expires_at"] = utc_time(out["expires_at"])
+    elif name == "cards":
+        out["cards"] = [{**entry, **{k: utc_time(entry[k]) for k in ("valid_from", "valid_to")
+                                     if entry.get(k) is not None}}
+                        for entry in out["cards"]]
+    return out
 
 
 def _show(value: object) -> str:

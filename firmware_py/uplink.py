@@ -127,6 +127,8 @@ FIRST_PRUNE_S = 5.0
 PERSIST_EVERY_S = 5.0
 #: Repeated warnings of one kind are logged at most this often.
 LOG_EVERY_S = 30.0
+#: How often the retained status's state fields are compared with what was published.
+STATUS_CHECK_S = 1.0
 
 SENT_CURSOR = "uplink_sent"
 ACKS_REJECTED_KEY = "uplink/acks_rejected"
@@ -489,6 +491,9 @@ class UplinkComponent(Component):
         self.messages_bad = 0
         self._acks_rejected_saved = 0
         self._last_persist = 0.0
+        # The state fields of the status last published (None: none yet on this link).
+        self._status_published: tuple[Any, ...] | None = None
+        self._next_status_check = 0.0
 
         self._reset_progress()
 
@@ -670,6 +675,8 @@ class UplinkComponent(Component):
         self.commands.tick()  # expiry of desired state; throttles itself to ~1 s
         if self.state is BrokerState.CONNECTED:
             self._check_resend(now)
+            if now >= self._next_status_check:
+                self._republish_changed_status(now)
             if now >= self._next_health:
                 self._publish_health()
         if now >= self._next_prune:
@@ -859,6 +866,7 @@ class UplinkComponent(Component):
         result, mid = client.subscribe([(t, q) for t, q in self.subscriptions])
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
             self._subscribe_mids[mid] = [t for t, _ in self.subscriptions]
+        self._status_published = None
         self._publish_control(self.status_topic, self._birth_payload, "birth")
         self._publish_health()
         self._restart_from_ack()
@@ -1299,7 +1307,32 @@ class UplinkComponent(Component):
         }
 
     def _birth_payload(self) -> bytes:
-        return _compact(self.birth())
+        doc = self.birth()
+        self._status_published = self._status_state(doc)
+        return _compact(doc)
+
+    @staticmethod
+    def _status_state(doc: dict[str, Any]) -> tuple[Any, ...]:
+        """The fields of a status that change with the unit's state, not with time."""
+        return (doc["level"], doc["cards_version"], tuple(sorted(doc["lights"].items())),
+                doc["clock_synced"])
+
+    def _republish_changed_status(self, now: float) -> None:
+        """Publish the retained status again when its level, cards_version, lights or
+        clock_synced changed, so a late subscriber never reads a stale one."""
+        self._next_status_check = now + STATUS_CHECK_S
+        if self._status_published is None:
+            return     # the birth is still queued: it will carry the current state
+        try:
+            lights = self._devices("lights", list(self.ctx.config.lights))
+            current = (self._level(), self._cards_version(),
+                       tuple(sorted((n, d["state"]) for n, d in lights.items())),
+                       self.clock.synced())
+        except JournalError:
+            return     # health reports the journal; the status waits for it
+        if current != self._status_published:
+            self._status_published = current   # queued at most once per change
+            self._publish_control(self.status_topic, self._birth_payload, "status")
 
     def _publish_health(self) -> None:
         self._next_health = time.monotonic() + self.mqtt_cfg.health_interval_s

@@ -65,3 +65,24 @@ def test_manual_clock_moves_only_when_told() -> None:
     assert clock.wall_ms() == 9_000_000 and clock.synced() and clock.monotonic() == 11.5
     clock.reboot("b", monotonic=3.0)
     assert (clock.boot_id(), clock.monotonic()) == ("b", 3.0)
+
+
+@pytest.mark.parametrize("text, utc", [
+    ("2026-12-04T23:00:00+08:00", datetime(2026, 12, 4, 15, tzinfo=UTC)),
+    ("2026-12-04t15:00:00z", datetime(2026, 12, 4, 15, tzinfo=UTC)),
+    ("2026-12-04T15:00:00.123456789Z", datetime(2026, 12, 4, 15, 0, 0, 123456, tzinfo=UTC)),
+    ("2026-12-04T09:30:00-05:30", datetime(2026, 12, 4, 15, tzinfo=UTC)),
+    ("2026-12-04T15:00:00-00:00", datetime(2026, 12, 4, 15, tzinfo=UTC)),
+])
+def test_parse_rfc3339_reads_every_rfc3339_form_into_utc(text: str, utc: datetime) -> None:
+    assert parse_rfc3339(text) == utc
+
+
+@pytest.mark.parametrize("text", [
+    "2026-12-04 15:00:00Z", "2026-12-04T15:00Z", "2026-12-04T15:00:00+0800",
+    "2026-12-04T15:00:00+24:00", "2026-02-30T15:00:00Z", "２０２６-12-04T15:00:00Z",
+    "2026-12-04T15:00:00.Z", "2026-12-04T15:00:00Z ", "2026-W49-5T15:00:00Z",
+])
+def test_parse_rfc3339_refuses_what_is_not_rfc3339(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rfc3339(text)

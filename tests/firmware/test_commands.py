@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from firmware_py.commands import REASONS, CommandProcessor, Outcome
 from firmware_py.config import UnitConfig
 from firmware_py.desired import InboxReader, card_matches, find_card
 from firmware_py.journal import Journal
-from firmware_py.signing import SigningKey, canonical_bytes
+from firmware_py.patrol import check_card
+from firmware_py.signing import SigningKey, canonical_bytes, load_signing_key
 from tests.support import schemas
 from tests.support.units import make_config
 
@@ -1091,3 +1093,102 @@ def test_fuzz_altered_signed_envelopes_are_rejected_and_change_nothing(
             return
         env[field_name] = value
     _assert_handled_without_change(r, topic, json.dumps(env).encode(), retained)
+
+
+# -- times: every RFC 3339 form a centre may write, kept in UTC ----------------------------
+
+DEC4 = 1_796_396_400_000        # 2026-12-04T15:00:00Z, 23:00 in Shanghai
+
+
+def _resigned(rig: Rig, env: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """``env`` with ``fields`` replaced, signed again: times as another centre writes them."""
+    env.update(fields)
+    env["sig"] = base64.b64encode(rig.key.sign(canonical_bytes(env))).decode()
+    return env
+
+
+@pytest.mark.parametrize("issued_at, expires_at, level_ends", [
+    ("2026-12-04T23:00:00+08:00", "2026-12-05T23:00:00+08:00", "2026-12-05T07:00:00+08:00"),
+    ("2026-12-04t15:00:00z", "2026-12-05t15:00:00z", "2026-12-04t23:00:00z"),
+    ("2026-12-04T10:00:00.000000-05:00", "2026-12-05T15:00:00Z", "2026-12-04T23:00:00.000Z"),
+])
+def test_a_level_document_with_rfc3339_times_in_any_form_applies_in_utc(
+        rig: Rig, issued_at: str, expires_at: str, level_ends: str) -> None:
+    rig.clock.set_wall(DEC4 + 30_000)
+    env = _resigned(rig, rig.sign("level", {"level": 1, "expires_at": level_ends}),
+                    issued_at=issued_at, expires_at=expires_at)
+    out = rig.send(site_topic("level"), env, retained=True)
+    assert out.applied, out
+    doc = rig.journal.state_get("desired/level/site")
+    assert doc["issued_at"] == "2026-12-04T15:00:00.000Z"
+    assert doc["issued_ms"] == DEC4
+    assert doc["args"]["expires_at"] == "2026-12-04T23:00:00.000Z"
+    now = desired.current_level(rig.journal, rig.clock)
+    assert (now.level, now.expires_at) == (1, "2026-12-04T23:00:00.000Z")
+    assert out.events[1].data["expires_at"] == "2026-12-04T23:00:00.000Z"   # schema: UTC
+    rig.clock.set_wall(DEC4 + 8 * HOUR * 1000 + 1000)
+    assert rig.level_now() == 3
+
+
+def test_card_validity_with_an_offset_is_read_in_utc(rig: Rig) -> None:
+    rig.clock.set_wall(DEC4 + 30_000)
+    cards = [{"card": "14008EC793", "badge": "P-017", "role": "police",
+              "valid_from": "2026-12-04T22:00:00+08:00", "valid_to": "2026-12-04t23:30:00+08:00"}]
+    assert rig.send(site_topic("cards"), rig.sign("cards", {"version": 2, "cards": cards})).applied
+    stored = desired.current_cards(rig.journal)
+    assert stored is not None
+    assert stored["cards"][0]["valid_from"] == "2026-12-04T14:00:00.000Z"
+    assert stored["cards"][0]["valid_to"] == "2026-12-04T15:30:00.000Z"
+    view = desired.journal_time_view(rig.journal, rig.clock)
+    assert check_card(stored, "14008EC793", view).decision == "accepted"
+    rig.clock.set_wall(DEC4 + 31 * 60_000)
+    view = desired.journal_time_view(rig.journal, rig.clock)
+    assert check_card(stored, "14008EC793", view).decision != "accepted"
+
+
+@pytest.mark.parametrize("bad", ["2026-12-04 23:00:00+08:00", "2026-12-04T23:00+08:00",
+                                 "2026-12-04T23:00:00", "2026-12-04T23:00:00+0800",
+                                 "2026-12-04T23:00:00+24:00", "2026-02-30T15:00:00Z",
+                                 "2026-12-04T15:00:00.Z", "２０２６-12-04T15:00:00Z", "2026-12-04"])
+def test_times_that_are_not_rfc3339_are_still_rejected(rig: Rig, bad: str) -> None:
+    rig.clock.set_wall(DEC4 + 30_000)
+    assert rig.send(site_topic("level"), rig.level(2)).applied
+    rig.clock.advance(1)
+    env = _resigned(rig, rig.level(1), issued_at=bad)
+    before = rig.snapshot()
+    data = assert_rejected(rig, rig.send(site_topic("level"), json.dumps(env).encode()),
+                           "malformed", before)
+    assert "issued_at" in data["detail"]
+    env = rig.sign("level", {"level": 1, "expires_at": bad})
+    before = rig.snapshot()
+    data = assert_rejected(rig, rig.send(site_topic("level"), json.dumps(env).encode()),
+                           "bad_args", before)
+    assert "expires_at" in data["detail"]
+    assert rig.level_now() == 2
+
+
+# -- a key made by another tool --------------------------------------------------------------
+
+
+def test_a_key_made_by_openssl_with_the_name_line_signs_what_the_unit_accepts(
+        tmp_path: Path) -> None:
+    """The recipe of docs/security.md, "The key file", step by step."""
+    pem = tmp_path / "centre-2026.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(pem)],
+                   check=True, capture_output=True, timeout=30)
+    key_file = tmp_path / "centre-2026.key"
+    key_file.write_bytes(b"# xunfang key: centre-2026\n" + pem.read_bytes())
+    key_file.chmod(0o600)
+    der = subprocess.run(["openssl", "pkey", "-in", str(key_file), "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True, timeout=30).stdout
+    public = base64.b64encode(der[-32:]).decode()
+
+    key = load_signing_key(key_file)
+    assert key.name == "centre-2026" and key.public_b64() == public
+    rig = make_rig(tmp_path, security={"command_keys": {"centre-2026": public}})
+    try:
+        out = rig.send(site_topic("level"), rig.level(1, key=key), retained=True)
+        assert out.applied, out
+        assert rig.level_now() == 1
+    finally:
+        rig.journal.close()

@@ -458,3 +458,105 @@ def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
             rt.request_stop()
             thread.join(10)
             rt.stop()
+
+
+# -- one instance per unit: a second ``xunfang run`` leaves the running one alone -----------
+
+
+def _second_run(cfg_path: Path, *components: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "firmware_py.cli", "run", "-c", str(cfg_path),
+                           *components], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
+
+
+def _unit_events(cfg: UnitConfig) -> list[tuple[int, str, str]]:
+    with Journal(cfg.journal_path, unit=UNIT, site=SITE) as j:
+        return [(e.seq, e.data["state"], e.data["component"])
+                for e in j.events_after(0, limit=5000) if e.kind == "unit"]
+
+
+def test_a_second_run_of_the_same_unit_is_refused_and_touches_nothing(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    cfg_path = write_unit_config(
+        tmp_path / "unit.toml", tmp_path / "data",
+        mqtt={"host": "127.0.0.1", "port": mosquitto.port},
+        readers=[{"name": "main", "driver": "sim", "port": "sim"}])
+    cfg = load_config(cfg_path)
+    runtime_dir, data_dir = cfg.unit.runtime_dir, cfg.unit.data_dir
+    link = runtime_dir / "sim-main"
+    first = Daemon(cfg_path, tmp_path / "first.log", env={"GPIOZERO_PIN_FACTORY": "mock"})
+    first.start()
+    assert first.proc is not None
+    try:
+        wait_until(lambda: (s := read_status(runtime_dir)) and
+                   s["readers"].get("main", {}).get("state") == "online", 30, "the reader online")
+        for name in ("station", "camera", "uplink"):
+            assert (data_dir / f".lock-{name}").read_text().strip() == str(first.proc.pid)
+        target = os.readlink(link)
+        events = _unit_events(cfg)
+
+        t0 = time.monotonic()
+        second = _second_run(cfg_path)
+        assert second.returncode == 2, second.stderr
+        assert time.monotonic() - t0 < 30
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert f"pid {first.proc.pid}" in lines[0] and "already running" in lines[0]
+        assert "zt-pp-03" in lines[0] and ".lock-station" in lines[0]
+
+        # One component of the running unit is enough to refuse.
+        assert _second_run(cfg_path, "uplink").returncode == 2
+        # Nothing of the running unit's was touched.
+        status = read_status(runtime_dir)
+        assert status is not None and status["pid"] == first.proc.pid
+        assert not status.get("stopped")
+        assert os.readlink(link) == target
+        assert _unit_events(cfg) == events
+        assert first.proc.poll() is None
+        tapped = sim.tap(cfg, PO1, wait_s=20)
+        assert tapped.event is not None
+    finally:
+        assert first.stop() == 0
+    assert "Traceback" not in first.text()
+
+    # The lock file stays with a dead pid in it; the kernel dropped the lock itself.
+    assert (data_dir / ".lock-station").read_text().strip() == str(first.proc.pid)
+    again = Daemon(cfg_path, tmp_path / "again.log", env={"GPIOZERO_PIN_FACTORY": "mock"})
+    again.start()
+    assert again.proc is not None
+    try:
+        wait_until(lambda: (s := read_status(runtime_dir)) and s["pid"] == again.proc.pid and
+                   s["readers"].get("main", {}).get("state") == "online", 30,
+                   "the new start's reader online")
+        assert (data_dir / ".lock-station").read_text().strip() == str(again.proc.pid)
+        tapped = sim.tap(cfg, PO1, wait_s=20)
+        assert tapped.event is not None
+    finally:
+        assert again.stop() == 0
+
+
+def test_the_components_of_one_unit_run_side_by_side(tmp_path: Path,
+                                                     mosquitto: Mosquitto) -> None:
+    cfg_path = write_unit_config(
+        tmp_path / "unit.toml", tmp_path / "data",
+        mqtt={"host": "127.0.0.1", "port": mosquitto.port},
+        readers=[{"name": "main", "driver": "sim", "port": "sim"}])
+    cfg = load_config(cfg_path)
+    watcher = Watcher(mosquitto.probe(None, client_id="watch"))
+    env = {"GPIOZERO_PIN_FACTORY": "mock"}
+    station = Daemon(cfg_path, tmp_path / "station.log", ("station",), env=env)
+    uplink = Daemon(cfg_path, tmp_path / "uplink.log", ("uplink",), env=env)
+    station.start()
+    try:
+        wait_until(lambda: (s := read_status(cfg.unit.runtime_dir)) and
+                   s["readers"].get("main", {}).get("state") == "online", 30, "the reader online")
+        uplink.start()
+        watcher.wait_status(online=True, timeout=30)
+        assert uplink.proc is not None and uplink.proc.poll() is None
+        assert (cfg.unit.data_dir / ".lock-uplink").read_text().strip() == str(uplink.proc.pid)
+        # A second station is still refused, by the station's lock alone.
+        refused = _second_run(cfg_path, "station")
+        assert refused.returncode == 2 and f"pid {station.proc.pid}" in refused.stderr
+    finally:
+        assert uplink.stop() == 0
+        assert station.stop() == 0

@@ -100,6 +100,42 @@ def test_birth_reports_level_and_card_list_from_the_journal_state(
     assert doc["level"] == 1 and doc["cards_version"] == 7
 
 
+def test_status_is_published_again_when_its_state_changes_and_only_then(
+        mosquitto: Mosquitto, rigs: Callable[..., UnitRig]) -> None:
+    rig = rigs(mosquitto.port, mqtt={"health_interval_s": 5})
+    rig.journal.state_set("cards", {"version": 1, "cards": []})
+    early = watch(mosquitto, "early")
+    rig.start()
+    assert early.wait_status(online=True).doc["cards_version"] == 1
+    centre = mosquitto.probe(None, client_id="centre")
+
+    def apply(name: str, args: dict[str, object]) -> None:
+        env = rig.command_key.sign_envelope(name, args, site=SITE, units=["*"], ttl_s=3600)
+        assert not centre.publish(topics.desired(SITE, topics.ALL_UNITS, name),
+                                  json.dumps(env), retain=True).is_failure
+
+    apply("cards", {"version": 9, "cards": [{"card": "14008EC793", "badge": "PO-1",
+                                             "role": "police"}]})
+    wait_until(lambda: [s for s in early.on("status") if s.doc.get("cards_version") == 9],
+               15, "a status with cards_version 9")
+    late = watch(mosquitto, "late")
+    retained = wait_until(lambda: [s.doc for s in late.on("status") if s.retain], 10,
+                          "the retained status")[-1]
+    assert retained["online"] is True and retained["cards_version"] == 9
+    assert retained["level"] == 3
+
+    apply("level", {"level": 1})
+    wait_until(lambda: [s for s in early.on("status") if s.doc.get("level") == 1], 15,
+               "a status with level 1")
+    # Once per change: while the state stands, the status checks (every second) publish
+    # nothing; a health report 5 s on proves that several ran.
+    statuses, healths = len(early.on("status")), len(early.on("health"))
+    wait_until(lambda: len(early.on("health")) > healths, 15, "the next health report")
+    assert len(early.on("status")) == statuses
+    assert [s.doc["cards_version"] for s in early.on("status")] == [1, 9, 9]
+    assert [s.doc["level"] for s in early.on("status")] == [3, 3, 1]
+
+
 def test_clean_stop_replaces_the_birth_with_a_retained_death(
         mosquitto: Mosquitto, rigs: Callable[..., UnitRig]) -> None:
     rig = rigs(mosquitto.port)

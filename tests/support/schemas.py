@@ -20,10 +20,19 @@ from referencing import Registry, Resource
 from firmware_py import topics
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+#: Every schema's ``$id`` is this plus its path under ``docs/schemas/`` (docs/mqtt-api.md):
+#: an identifier, never fetched.
+SCHEMA_BASE = "https://xunfang.example/schemas/v1/"
+
+
+def schema_id(name: str) -> str:
+    """The ``$id`` of ``docs/schemas/{name}.json``."""
+    return f"{SCHEMA_BASE}{name}.json"
 
 
 @cache
 def _registry() -> Registry:
+    """Every schema under its ``$id``; a ``$ref`` outside them fails (no retrieval)."""
     resources = []
     for path in SCHEMA_DIR.rglob("*.json"):
         doc = json.loads(path.read_text(encoding="utf-8"))
