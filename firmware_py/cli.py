@@ -36,6 +36,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 # Modules that add their own subcommands with ``add_parser(subparsers)``.
 SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.send", "center.watch",
                       "firmware_py.check", "firmware_py.sim"]
+SUBCOMMAND_MODULES += ["center.ca", "firmware_py.enrol"]
 
 
 def _load_or_exit(path: str) -> UnitConfig:
