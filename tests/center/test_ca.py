@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from center.ca import CaError, CertificateAuthority, site_of
 from firmware_py.certhealth import certificate_health
 from firmware_py.cli import main
 from firmware_py.enrol import make_request
 from tests.support.brokers import ACL_TEMPLATE, ConnectFailed, Mosquitto, MqttProbe
+from tests.support.daemon import Daemon
 from tests.support.pki import Credentials
 from tests.support.units import base_document, merge, write_config
 
@@ -352,3 +353,52 @@ def test_certificate_health_asks_for_renewal_30_days_before_expiry(
     assert at(46)["cert"] == "expired"
     assert certificate_health(None, 0) == {"cert": None, "cert_expires_in_days": None}
     assert certificate_health(tmp_path / "missing.crt", 0)["cert"] == "unknown"
+
+
+def _tool_credentials(ca_dir: Path, name: str, out: Path) -> Credentials:
+    """A `ledger` certificate from the district CA, as the OpenSSL recipe makes it."""
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    os.chmod(out / f"{name}.key", 0o600)
+    return Credentials(cert=out / f"{name}.crt", key=out / f"{name}.key", ca=ca_dir / "ca.crt")
+
+
+def test_the_uplink_reports_a_certificate_due_for_renewal_in_health(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], district: Path,
+    mosquitto_factory: Factory,
+) -> None:
+    inventory = tmp_path / "units.txt"
+    unit = make_unit(tmp_path, UNIT, SITE)
+    enrol_and_sign(capsys, district, unit, inventory, days=20)
+    broker = start_broker(mosquitto_factory, tmp_path, district, inventory)
+    text = unit.config.read_text().replace("port = 8883", f"port = {broker.port}")
+    unit.config.write_text(text)
+    ledger = connect(broker, _tool_credentials(district, "ledger", tmp_path / "ledger"),
+                     "xunfang-ledger")
+    daemon = Daemon(unit.config, tmp_path / "uplink.log", ("uplink",))
+    try:
+        assert all(not rc.is_failure for rc in ledger.subscribe(topic(UNIT, "health")))
+        daemon.start()
+        health = json.loads(ledger.expect(topic(UNIT, "health"), timeout=30).payload)
+    finally:
+        ledger.close()
+        daemon.stop()
+    assert health["cert"] == "renew", daemon.text()
+    assert health["cert_expires_in_days"] == pytest.approx(20, abs=0.2)
