@@ -115,6 +115,15 @@ def _cmd_value(key: str, value: str) -> Any:
     return int(value) if value.isdigit() else value
 
 
+def _json_file(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from err
+    except ValueError as err:
+        raise UsageError(f"{path} is not JSON: {err}") from err
+
+
 def build(args: argparse.Namespace, now_ms: int) -> Message:
     """The message a parsed ``send`` command line asks for; :class:`UsageError` otherwise."""
     what = args.what
@@ -147,6 +156,17 @@ def build(args: argparse.Namespace, now_ms: int) -> Message:
         if "version" not in doc:
             raise UsageError(f"{args.file} has no version: add one or give --version N")
         msg = Message("cards", doc, True, CARDS_VALID_S)
+    elif what == "points":
+        doc = _json_file(args.file)
+        if isinstance(doc, list):
+            doc = {"points": doc}
+        if not isinstance(doc, dict):
+            raise UsageError(f"{args.file}: give {{\"version\": N, \"points\": [...]}} or a list")
+        if args.version is not None:
+            doc["version"] = args.version
+        if "version" not in doc:
+            raise UsageError(f"{args.file} has no version: add one or give --version N")
+        msg = Message("points", doc, True, CARDS_VALID_S)
     elif what == "cmd":
         body = {}
         for pair in args.params:
@@ -319,6 +339,8 @@ def _summary_head(msg: Message, report: Report) -> str:
         what += f" until {args['expires_at']}" if args.get("expires_at") else " (no end)"
     elif msg.name == "cards":
         what = f"cards version {args['version']} ({len(args['cards'])} card(s))"
+    elif msg.name == "points":
+        what = f"points version {args['version']} ({len(args['points'])} point(s))"
     else:
         what = msg.name + "".join(f" {k}={v}" for k, v in args.items())
     how = "retained on" if msg.desired else "sent to"
@@ -438,9 +460,10 @@ def _common(with_key: bool = True) -> argparse.ArgumentParser:
 def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "send", help="sign and send a command or desired state to units (command centre)",
-        description="Sign a desired document (level, lights, cards) or a one-shot command "
-                    "with the centre's key, publish it, and report which units applied it.")
-    sub = p.add_subparsers(dest="what", metavar="{level,lights,cards,cmd,clear}", required=True)
+        description="Sign a desired document (level, lights, cards, points) or a one-shot "
+                    "command with the centre's key, publish it, and report which units applied it.")
+    sub = p.add_subparsers(dest="what", metavar="{level,lights,cards,points,cmd,clear}",
+                           required=True)
     common = _common()
 
     lv = sub.add_parser("level", parents=[common], help="set the alert level (1 highest, 3 normal)")
@@ -462,6 +485,14 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     ca.add_argument("--version", type=int, help="the list's version (overrides the file's)")
     ca.set_defaults(func=cmd_send)
 
+    po = sub.add_parser("points", parents=[common],
+                        help="send patrol points for vehicles' geofence visits (JSON file)")
+    po.add_argument("file", metavar="FILE.json",
+                    help='{"version": N, "points": [{"id", "lat_e7", "lon_e7", "radius_m", '
+                         '"dwell_s"?, "name"?}]} or a list')
+    po.add_argument("--version", type=int, help="the points' version (overrides the file's)")
+    po.set_defaults(func=cmd_send)
+
     cm = sub.add_parser("cmd", parents=[common], help="a one-shot action: rebirth, snapshot, "
                                                       "clip, lights.test")
     cm.add_argument("name", choices=list(CMD_NAMES))
@@ -471,7 +502,7 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 
     cl = sub.add_parser("clear", parents=[_common(with_key=False)],
                         help="remove a retained desired document from the broker")
-    cl.add_argument("name", choices=["level", "cards", "lights"])
+    cl.add_argument("name", choices=["level", "cards", "lights", "points"])
     cl.set_defaults(func=cmd_clear)
     return p
 

@@ -86,9 +86,9 @@ def site_name(text: str) -> str:
     return text
 
 
-def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+def add_broker_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     g = parser.add_argument_group("broker")
-    g.add_argument("--broker", type=broker_address, required=True, metavar="HOST:PORT",
+    g.add_argument("--broker", type=broker_address, required=required, metavar="HOST:PORT",
                    help="MQTT broker (port 1883, or 8883 with TLS, if left out)")
     g.add_argument("--protocol", choices=["5", "3.1.1"], default="5",
                    help="MQTT version (5; 3.1.1 for brokers such as NATS)")
@@ -235,8 +235,9 @@ class CentreSession:
         if self._connack.is_failure:
             raise SessionError(f"{self.options} refused the connection: {self._connack}")
 
-    def subscribe(self, filters: Sequence[str], timeout: float = ANSWER_TIMEOUT_S) -> None:
-        result, mid = self.client.subscribe([(f, 1) for f in filters])
+    def subscribe(self, filters: Sequence[str], timeout: float = ANSWER_TIMEOUT_S,
+                  qos: int = 1) -> None:
+        result, mid = self.client.subscribe([(f, qos) for f in filters])
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise SessionError(f"{self.options}: subscribe failed: {mqtt.error_string(result)}")
         self._wait(lambda: mid in self._subacks, timeout, "SUBACK")

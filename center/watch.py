@@ -155,7 +155,35 @@ def _event(doc: dict[str, Any], kind: str | None) -> str:
             line += f" until {_v(data.get('expires_at'))}"
         line += f" by {_short_id(data.get('by'))}" if data.get("by") else " (expired)"
         return line
+    if doc.get("kind") == "track":
+        return f"{head} {_track(data)}"
+    if doc.get("kind") == "visit" and data.get("source") == "gnss":
+        return (f"{head} {_v(data.get('point'))} by GNSS {_v(data.get('started'))}→"
+                f"{_v(data.get('ended'))} {_v(data.get('people'))} people "
+                f"{','.join(_v(b, 20) for b in data.get('badges') or [])} "
+                f"nearest {_num(data.get('nearest_m'), 0)} m")
     return f"{head} {_fields(data)}"
+
+
+def _num(value: Any, digits: int) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.{digits}f}"
+    return "-"
+
+
+def _track(data: dict[str, Any]) -> str:
+    """A vehicle's track point as one line: where, how fast, which way, how good, who."""
+    fix = data.get("fix") if isinstance(data.get("fix"), dict) else {}
+    line = (f"{_num(data.get('lat'), 6)},{_num(data.get('lon'), 6)} "
+            f"{_num(data.get('speed_kmh'), 0)} km/h {_num(data.get('heading'), 0)}° "
+            f"{_v(fix.get('mode'))} {_v(fix.get('satellites'))} sats "
+            f"HDOP {_num(fix.get('hdop'), 1)}")
+    if isinstance(data.get("moved_m"), int | float):
+        line += f" +{_num(data.get('moved_m'), 0)} m"
+    crew = data.get("crew")
+    if isinstance(crew, list):
+        line += f" crew {','.join(_v(b, 20) for b in crew) or '-'}"
+    return line
 
 
 def _signed(doc: dict[str, Any], channel: str) -> str:

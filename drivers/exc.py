@@ -37,3 +37,7 @@ class ReaderHung(ReaderError):
 
 class CardPatternInvalid(ReaderError, ValueError):
     """A card id or card-list pattern (hex, ``dec:``, ``w26:``) that cannot be used."""
+
+
+class CardIdImplausible(CardPatternInvalid):
+    """A well-formed number of a length no card id has: line noise, most likely."""

@@ -178,7 +178,14 @@ class CheckinPart(StationPart):
         with contextlib.suppress(OSError):
             cfg.unit.runtime_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._load_logic()
+            try:
+                self._load_logic()
+            except (JournalError, sqlite3.Error) as err:
+                # Taps must still get a signal: start from empty state, and say why.
+                log.error("cannot read the patrol state from the journal (%s): starting "
+                          "without it", err)
+                self._load_logic(empty=True)
+                self._journal_failed(err)
             try:
                 self.feedback = Feedback.from_config(cfg.feedback, pin_factory=self.pin_factory)
                 self.feedback_error = None
@@ -192,6 +199,10 @@ class CheckinPart(StationPart):
                     except (JournalError, sqlite3.Error) as err:
                         self._journal_failed(err)
                         self.patrol.commit(step)   # watching starts now, stored or not
+            if self.journal_failing_since is None and self._probe():
+                # A journal that cannot be written (a full disk at boot) shows at once in
+                # the status file, not only at the first tap.
+                self.journal_last_ok = self.clock.wall_ms()
             self._opened = True
         for rc in cfg.readers:
             try:
@@ -212,14 +223,15 @@ class CheckinPart(StationPart):
         with self._lock:
             self._write_status()
 
-    def _load_logic(self) -> None:
+    def _load_logic(self, empty: bool = False) -> None:
         cfg = self.ctx.config
         if self.kind == "patrol_point":
-            state = PatrolState.from_state(self.journal.state_items("patrol/"))
+            state = PatrolState.from_state({} if empty else self.journal.state_items("patrol/"))
             prefix = f"{cfg.unit.id}:{self.journal.journal_id}:v"
             self.patrol = PatrolPoint(cfg.patrol, ZoneInfo(cfg.unit.timezone), prefix, state)
         else:
-            self.duty = DutyPost(cfg.duty, DutyState.from_state(self.journal.state_items("duty/")))
+            self.duty = DutyPost(cfg.duty, DutyState.from_state(
+                {} if empty else self.journal.state_items("duty/")))
 
     def close(self) -> None:
         with self._lock:
@@ -423,11 +435,14 @@ class CheckinPart(StationPart):
             "ts": rfc3339_ms(self.clock.wall_ms()),
             "clock_synced": self.clock.synced(),
             "journal": {
+                "id": self.journal.journal_id,
                 "state": "failing" if failing else "ok",
                 "since": rfc3339_ms(self.journal_failing_since) if failing else None,
                 "failures": self.journal_failures,
                 "last_error": self.journal_last_error,
                 "last_ok": rfc3339_ms(self.journal_last_ok) if self.journal_last_ok else None,
+                # Set once the journal was found damaged and rebuilt (docs/operations.md).
+                "rebuilt": self.journal.rebuilt,
             },
             "unrecorded": list(self.unrecorded),
             "readers": readers,

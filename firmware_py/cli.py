@@ -6,6 +6,8 @@ Unit side::
     xunfang run -c /etc/xunfang/unit.toml [station|camera|uplink]
     xunfang journal tail -c /etc/xunfang/unit.toml [-n 20] [--no-follow]
     xunfang journal stats -c /etc/xunfang/unit.toml
+    xunfang check -c /etc/xunfang/unit.toml [--tap]      (the installer's self-test)
+    xunfang status -c /etc/xunfang/unit.toml [--json]    (works with the daemons stopped)
 
 Centre side: ``xunfang keys``, and the tools each feature adds.
 
@@ -32,21 +34,35 @@ from .runtime import COMPONENT_NAMES, Runtime, setup_logging
 log = logging.getLogger("xunfang.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+#: Problems printed at most; a file with more says how many it left out.
+MAX_PROBLEM_LINES = 50
 
 # Modules that add their own subcommands with ``add_parser(subparsers)``.
-SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.send", "center.watch",
-                      "firmware_py.check", "firmware_py.sim"]
+SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.register", "center.send",
+                      "center.watch", "firmware_py.check", "firmware_py.sim",
+                      "firmware_py.unitstatus"]
+# The centre's patrol plan and compliance report.
+SUBCOMMAND_MODULES += ["center.plan", "center.report"]
 SUBCOMMAND_MODULES += ["center.ca", "firmware_py.enrol"]
 
 
-def _load_or_exit(path: str) -> UnitConfig:
-    """Load the config; print every problem and exit 2 when it is bad."""
+def _load_or_exit(path: str, *, check_files: bool = False) -> UnitConfig:
+    """Load the config; print every problem and exit 2 when it is bad.
+
+    One problem is one line (``FILE: key.path: what is wrong``), for the
+    journal; more are listed under a heading, one a line.
+    """
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigInvalid as err:
+        if len(err.problems) == 1:
+            print(f"{err.path}: {err.problems[0]}", file=sys.stderr)
+            raise SystemExit(EXIT_CONFIG) from None
         print(f"{err.path}: configuration has {len(err.problems)} problem(s):", file=sys.stderr)
-        for line in err.problems:
+        for line in err.problems[:MAX_PROBLEM_LINES]:
             print(f"  {line}", file=sys.stderr)
+        if len(err.problems) > MAX_PROBLEM_LINES:
+            print(f"  … and {len(err.problems) - MAX_PROBLEM_LINES} more", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     except ConfigError as err:
         print(str(err), file=sys.stderr)
@@ -57,7 +73,15 @@ def _load_or_exit(path: str) -> UnitConfig:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    unknown = [n for n in args.components if n not in COMPONENT_NAMES]
+    if unknown:
+        print(f"unknown component(s) {', '.join(unknown)}: choose from "
+              f"{', '.join(COMPONENT_NAMES)}", file=sys.stderr)
+        return EXIT_CONFIG
+    # The installer's check (no component) also wants the credential files in place.
+    # A daemon's check before it starts does not: the station and camera never use
+    # them, and the uplink reports them on every attempt and takes them when they appear.
+    cfg = _load_or_exit(args.config, check_files=not args.components)
     u = cfg.unit
     print(f"{args.config}: ok: unit {u.id} ({u.kind}) of site {u.site}; "
           f"{len(cfg.readers)} reader(s), {len(cfg.lights)} light(s), "
@@ -85,7 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime.install_signal_handlers()
     try:
         runtime.start()
-    except JournalError as err:
+    except (JournalError, OSError) as err:
+        # A data_dir this user may not create or write, a read-only card: say so in one line.
         log.critical("cannot start: %s", err)
         runtime.stop()
         return EXIT_FAILED
@@ -170,8 +195,9 @@ def cmd_journal_stats(args: argparse.Namespace) -> int:
             "pending": journal.pending_count(),
             "oldest_pending": oldest.ts if oldest else None,
             "bytes": journal.size_bytes(),
+            "rebuilt": journal.rebuilt,
         }
-    print(json.dumps(stats, indent=2))
+    print(json.dumps(stats, indent=2, ensure_ascii=False))
     return EXIT_OK
 
 
@@ -193,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = p_config.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = config_sub.add_parser("check", help="validate; list every problem and exit 2 if any")
     config_arg(p)
+    p.add_argument("components", nargs="*", metavar="COMPONENT",
+                   help=f"check only what stops this daemon starting ({', '.join(COMPONENT_NAMES)}"
+                        "; the services do this): the password and TLS files are left out")
     p.set_defaults(func=cmd_config_check)
 
     p = sub.add_parser("run", help="run the unit (all components, or the ones named)")

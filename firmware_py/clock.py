@@ -209,3 +209,73 @@ class ManualClock:
         with self._lock:
             self._boot_id = boot_id
             self._mono = monotonic
+
+
+#: GNSS times before this are not believed: a receiver past a GPS week rollover
+#: (or gpsd guessing the century of an old two-digit date) reports 1999 or 2034.
+GNSS_PLAUSIBLE_FROM_MS = 1_767_225_600_000     # 2026-01-01T00:00:00Z
+GNSS_PLAUSIBLE_SPAN_MS = 20 * 365 * 86400 * 1000
+
+
+class SatelliteClock:
+    """A clock that takes its time from satellites while the system clock is not synchronised.
+
+    ``base`` is the unit's clock (boot id, boot-relative time, the kernel's sync
+    state). :meth:`set_from_gnss` is given the UTC time of a valid fix with
+    date and the ``base.monotonic()`` at which it was read. While ``base`` is
+    not synchronised, :meth:`wall_ms` counts from the latest such fix on the
+    boot-relative clock, and :meth:`synced` is True for ``max_age_s`` after
+    it (the monotonic clock drifts a few ppm, and a fix a second late is
+    still honest to a second). Once ``base`` is synchronised (chrony with
+    gpsd's SHM refclock, or NTP), ``base`` is used as it is.
+    """
+
+    def __init__(self, base: Clock, max_age_s: float = 3600.0) -> None:
+        self.base = base
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._anchor: tuple[int, float, str] | None = None   # utc_ms, mono, boot
+        self.rejected = 0
+
+    def set_from_gnss(self, utc_ms: int, mono: float) -> bool:
+        """Adopt a fix's time; False (and counted) when it is not plausible."""
+        if not GNSS_PLAUSIBLE_FROM_MS <= utc_ms <= GNSS_PLAUSIBLE_FROM_MS + \
+                GNSS_PLAUSIBLE_SPAN_MS:
+            self.rejected += 1
+            return False
+        with self._lock:
+            self._anchor = (utc_ms, mono, self.base.boot_id())
+        return True
+
+    def _gnss_ms(self) -> int | None:
+        with self._lock:
+            anchor = self._anchor
+        if anchor is None or anchor[2] != self.base.boot_id():
+            return None
+        age = self.base.monotonic() - anchor[1]
+        if not 0 <= age <= self.max_age_s:
+            return None
+        return anchor[0] + round(age * 1000)
+
+    @property
+    def source(self) -> str:
+        """Where the time comes from now: ``system`` (synchronised), ``gnss`` or ``none``."""
+        if self.base.synced():
+            return "system"
+        return "gnss" if self._gnss_ms() is not None else "none"
+
+    def wall_ms(self) -> int:
+        if not self.base.synced():
+            gnss = self._gnss_ms()
+            if gnss is not None:
+                return gnss
+        return self.base.wall_ms()
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def boot_id(self) -> str:
+        return self.base.boot_id()
+
+    def synced(self) -> bool:
+        return self.base.synced() or self._gnss_ms() is not None

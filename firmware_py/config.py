@@ -6,20 +6,29 @@ with its key path, what was expected and what was found, e.g.::
 
     readers[0].baud: must be one of 9600, 19200, 38400, 57600, 115200, got 9601
 
-Unknown keys are errors (a typo must not be silently ignored).
+Unknown keys are errors (a typo must not be silently ignored), with a "did you
+mean" from the keys that section knows. A hostile file is refused before it
+can cost memory or time: it is read only if it is a regular file of at most
+:data:`MAX_CONFIG_BYTES`, and no table or array may be deeper than
+:data:`MAX_DEPTH` or longer than :data:`MAX_ENTRIES` (the keys have lower,
+documented limits of their own).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import hashlib
 import json
+import os
 import re
+import stat
 import tomllib
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -27,11 +36,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from .exc import ConfigInvalid, ConfigUnreadable
+from .timesync import DEFAULT_GNSS_DEVICE, DEVICE_PATTERN, HOST_PATTERN
 
 NAME_PATTERN = r"^[a-z0-9-]{1,32}$"
 DEVICE_NAME_PATTERN = r"^[a-z0-9_-]{1,32}$"
@@ -39,6 +50,21 @@ KEY_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 BAUD_RATES = (9600, 19200, 38400, 57600, 115200)
 LIGHT_MODES = ("off", "on", "blink", "strobe", "alternate")
+
+# Limits (docs/configuration.md, Limits). A unit's config is a few KiB; parsing
+# this much TOML takes well under a second even on a Pi.
+MAX_CONFIG_BYTES = 256 * 1024
+#: Tables and arrays inside each other (``cameras[0].masks[0][0]`` is 5 deep).
+MAX_DEPTH = 8
+#: Entries in any one table or array, whatever its key.
+MAX_ENTRIES = 256
+MAX_READERS = 8
+MAX_LIGHTS = 16
+MAX_CAMERAS = 4
+MAX_WINDOWS = 24
+MAX_KEYS = 16
+MAX_MASKS = 32
+MAX_MASK_CORNERS = 64
 
 LightMode = Literal["off", "on", "blink", "strobe", "alternate"]
 # BCM numbers of the 40-pin header's GPIOs (gpiozero's "GPIO17" is 17).
@@ -79,7 +105,7 @@ def _int_keys(value: Any) -> Any:
 class UnitSection(Section):
     id: str = Field(pattern=NAME_PATTERN)
     site: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["patrol_point", "kiosk", "checkpoint"]
+    kind: Literal["patrol_point", "kiosk", "checkpoint", "vehicle"]
     timezone: str = "Asia/Shanghai"
     data_dir: FilePath = Path("/var/lib/xunfang")
     # Where the unit writes a status file that does not depend on the journal
@@ -164,8 +190,8 @@ KeyName = Annotated[str, Field(pattern=KEY_NAME_PATTERN)]
 
 
 class SecuritySection(Section):
-    command_keys: dict[KeyName, PublicKey] = Field(default_factory=dict)
-    ack_keys: dict[KeyName, PublicKey] = Field(default_factory=dict)
+    command_keys: dict[KeyName, PublicKey] = Field(default_factory=dict, max_length=MAX_KEYS)
+    ack_keys: dict[KeyName, PublicKey] = Field(default_factory=dict, max_length=MAX_KEYS)
 
     @field_validator("command_keys", "ack_keys")
     @classmethod
@@ -200,6 +226,20 @@ class ReaderConfig(Section):
     power_pin: GpioPin | None = None
     # `line` readers: how the card number is written on the line.
     number_format: Literal["auto", "hex", "dec"] = "auto"
+    # `rdm6300` readers: the one frame form read, 14 bytes or the RF125-PS 13. None is
+    # the 14-byte form (kept unset so a dumped config of another driver parses again).
+    frame: Literal["rdm6300", "rf125"] | None = None
+
+    @field_validator("frame")
+    @classmethod
+    def _frame_is_for_rdm6300(cls, value: str | None, info: ValidationInfo) -> str | None:
+        driver = info.data.get("driver")
+        if value is not None and driver is not None and driver != "rdm6300":
+            hint = ' (a sim reader takes its form from port, e.g. "sim://rf125")' \
+                if driver == "sim" else ""
+            raise ValueError(f'only an "rdm6300" reader has a frame form, this one is '
+                             f'"{driver}"{hint}')
+        return value
 
 
 class FeedbackSection(Section):
@@ -211,7 +251,9 @@ class FeedbackSection(Section):
 class LightConfig(Section):
     pins: list[GpioPin] = Field(min_length=1, max_length=2)
     active_high: bool = True
-    schedule: Literal["sunset-sunrise", "always", "never"] | list[str] = "never"
+    # "on-duty": lit while someone is on duty (a patrol vehicle's roof light on patrol).
+    schedule: Literal["sunset-sunrise", "always", "never", "on-duty"] | Annotated[
+        list[str], Field(max_length=MAX_WINDOWS)] = "never"
     schedule_mode: LightMode | None = None
     level_modes: dict[Level, LightMode] | None = None
 
@@ -263,7 +305,8 @@ class InputsSection(Section):
     # A panic alarm stays active at least this long after the press (momentary buttons).
     panic_hold_s: int = Field(default=0, ge=0, le=86400)
     # Lights a panic alarm strobes; None: the light named "warning", if there is one.
-    alarm_lights: list[Annotated[str, Field(pattern=DEVICE_NAME_PATTERN)]] | None = None
+    alarm_lights: Annotated[list[Annotated[str, Field(pattern=DEVICE_NAME_PATTERN)]],
+                            Field(max_length=MAX_LIGHTS)] | None = None
 
     def alarm_light_names(self, lights: Iterable[str]) -> list[str]:
         """The configured lights a panic alarm drives."""
@@ -283,7 +326,8 @@ class PatrolSection(Section):
         default_factory=lambda: {
             "day1": "08:30-11:20", "day2": "13:00-17:30",
             "evening": "20:00-22:30", "night": "23:00-05:00",
-        }
+        },
+        max_length=MAX_WINDOWS,
     )
     round_every_min: dict[Level, Annotated[int, Field(ge=1, le=1440)]] = Field(
         default_factory=lambda: {3: 120, 2: 60, 1: 30}
@@ -315,6 +359,61 @@ class DutySection(Section):
     repeat_s: int = Field(default=10, ge=0, le=600)
 
 
+# -- [gnss], [vehicle] ------------------------------------------------------------------
+
+
+class GnssSection(Section):
+    """A GNSS (BeiDou/GPS) receiver: positions for a vehicle, time for any unit
+    (docs/vehicle.md)."""
+
+    # A pyserial URL for a receiver speaking NMEA 0183 (/dev/serial0, /dev/ttyACM0, …), or
+    # gpsd://host:port to read gpsd (which then owns the receiver).
+    source: str = Field(min_length=1)
+    baud: Literal[4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    # While the system clock is not synchronised, take the time from a valid fix.
+    time: bool = True
+    # Fixes with a worse HDOP are not used for tracks or visits.
+    max_hdop: float = Field(default=5.0, gt=0, le=50)
+
+    @field_validator("source")
+    @classmethod
+    def _gpsd_form(cls, value: str) -> str:
+        if value.startswith("gpsd:") and not value.startswith("gpsd://"):
+            raise ValueError(f"gpsd source must look like gpsd://127.0.0.1:2947, got {value!r}")
+        return value
+
+
+class VehicleSection(Section):
+    """Patrol vehicles: how tracks are thinned and geofence visits made (docs/vehicle.md)."""
+
+    # A track point at most this often while moving …
+    track_every_s: int = Field(default=15, ge=1, le=3600)
+    # … and only after moving this far from the last one;
+    track_min_move_m: int = Field(default=50, ge=0, le=100_000)
+    # standing still, one point this often all the same.
+    track_idle_s: int = Field(default=300, ge=10, le=86400)
+    # Time inside a point's radius (with a crew on duty) that makes a visit, unless the
+    # point says otherwise.
+    dwell_s: int = Field(default=60, ge=1, le=3600)
+    # A stay ends this far outside the radius (so GNSS jitter at the edge is no exit).
+    exit_margin_m: int = Field(default=20, ge=0, le=1000)
+    # A stay also ends when there has been no usable fix for this long.
+    lost_fix_s: int = Field(default=120, ge=5, le=3600)
+
+
+def vehicle_problems(data: Mapping[str, Any]) -> list[str]:
+    """Rules of the vehicle unit that span sections, on the document as read."""
+    problems: list[str] = []
+    kind = _table(data.get("unit")).get("kind", "patrol_point")
+    if kind == "vehicle" and data.get("gnss") is None:
+        problems.append('gnss: a unit of kind "vehicle" needs a [gnss] receiver')
+    for name, light in _table(data.get("lights")).items():
+        if _table(light).get("schedule") == "on-duty" and kind == "patrol_point":
+            problems.append(f'lights.{_key(name)}.schedule: "on-duty" needs a unit with duty '
+                            '(kiosk, checkpoint or vehicle), not a patrol_point')
+    return problems
+
+
 # -- [[cameras]] ------------------------------------------------------------------------
 
 
@@ -343,7 +442,8 @@ class CameraConfig(Section):
     motion_frames: int = Field(default=3, ge=1, le=100)
     background_s: float = Field(default=5.0, gt=0, le=3600)
     global_change: float = Field(default=0.6, gt=0, le=1)
-    masks: list[Annotated[list[MaskPoint], Field(min_length=3)]] = Field(default_factory=list)
+    masks: list[Annotated[list[MaskPoint], Field(min_length=3, max_length=MAX_MASK_CORNERS)]] \
+        = Field(default_factory=list, max_length=MAX_MASKS)
     sensitivity: dict[Level, Annotated[float, Field(gt=0, le=10)]] = Field(
         default_factory=lambda: {3: 1.0, 2: 1.25, 1: 1.5}
     )
@@ -353,7 +453,7 @@ class CameraConfig(Section):
     max_clip_s: float = Field(default=300.0, ge=5, le=3600)
     codec: CameraCodec = "mjpeg"
     jpeg_quality: int = Field(default=80, ge=30, le=100)
-    continuous_levels: list[Level] = Field(default_factory=lambda: [1])
+    continuous_levels: list[Level] = Field(default_factory=lambda: [1], max_length=3)
     segment_s: float = Field(default=60.0, ge=5, le=3600)
     clip_s: int = Field(default=30, ge=1, le=600)
     alarm_clip_s: int = Field(default=30, ge=0, le=600)
@@ -400,6 +500,20 @@ class JournalSection(Section):
     prune_every_s: int = Field(default=600, ge=10, le=86400)
 
 
+# -- [time] ------------------------------------------------------------------------------
+
+
+class TimeSection(Section):
+    """What the install script writes into chrony's config (firmware_py/timesync.py)."""
+
+    # Empty: chrony's own servers (Debian's pool), which a closed network cannot reach.
+    ntp_servers: list[Annotated[str, Field(pattern=HOST_PATTERN)]] = Field(
+        default_factory=list, max_length=16)
+    # A GNSS receiver through gpsd: its SHM refclock and PPS socket.
+    gnss_refclock: bool = False
+    gnss_device: str = Field(default=DEFAULT_GNSS_DEVICE, pattern=DEVICE_PATTERN)
+
+
 # -- the whole file ---------------------------------------------------------------------
 
 
@@ -408,15 +522,18 @@ class UnitConfig(Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     security: SecuritySection = Field(default_factory=SecuritySection)
     journal: JournalSection = Field(default_factory=JournalSection)
-    readers: list[ReaderConfig] = Field(default_factory=list)
+    readers: list[ReaderConfig] = Field(default_factory=list, max_length=MAX_READERS)
     feedback: FeedbackSection = Field(default_factory=FeedbackSection)
     lights: dict[Annotated[str, Field(pattern=DEVICE_NAME_PATTERN)], LightConfig] = Field(
-        default_factory=dict
+        default_factory=dict, max_length=MAX_LIGHTS
     )
     inputs: InputsSection = Field(default_factory=InputsSection)
     patrol: PatrolSection = Field(default_factory=PatrolSection)
     duty: DutySection = Field(default_factory=DutySection)
-    cameras: list[CameraConfig] = Field(default_factory=list)
+    cameras: list[CameraConfig] = Field(default_factory=list, max_length=MAX_CAMERAS)
+    gnss: GnssSection | None = None
+    vehicle: VehicleSection = Field(default_factory=VehicleSection)
+    time: TimeSection = Field(default_factory=TimeSection)
 
     # Filled by load_config: where the file came from and the hash of its bytes.
     source_path: FilePath | None = Field(default=None, exclude=True)
@@ -428,44 +545,95 @@ class UnitConfig(Section):
 
     def cross_problems(self) -> list[str]:
         """Rules that span sections; each problem names every key involved."""
-        problems: list[str] = []
-        pins: dict[int, str] = {}
+        return cross_problems(self.model_dump())
 
-        def claim(pin: int | None, where: str) -> None:
-            if pin is None:
-                return
-            if pin in pins:
-                problems.append(f"{where}: GPIO{pin} is already used by {pins[pin]}")
-            else:
-                pins[pin] = where
 
-        for name in ("ok_led", "error_led", "buzzer"):
-            claim(getattr(self.feedback, name), f"feedback.{name}")
-        for light_name, light in self.lights.items():
-            for i, pin in enumerate(light.pins):
-                claim(pin, f"lights.{light_name}.pins[{i}]")
-            if light.schedule == "sunset-sunrise" and self.unit.latitude is None:
-                problems.append(f"lights.{light_name}.schedule: \"sunset-sunrise\" needs "
-                                "unit.latitude and unit.longitude")
-        for i, name in enumerate(self.inputs.alarm_lights or []):
-            if name not in self.lights:
-                problems.append(f"inputs.alarm_lights[{i}]: no light {name!r} in [lights.*] "
-                                f"(has: {', '.join(self.lights) or 'none'})")
-        claim(self.inputs.panic, "inputs.panic")
-        claim(self.inputs.tamper, "inputs.tamper")
-        for i, reader in enumerate(self.readers):
-            claim(reader.power_pin, f"readers[{i}].power_pin")
-        for label, items in (("readers", self.readers), ("cameras", self.cameras)):
-            seen: dict[str, int] = {}
-            for i, item in enumerate(items):
-                if item.name in seen:
-                    problems.append(f"{label}[{i}].name: {item.name!r} is already the name of "
-                                    f"{label}[{seen[item.name]}]")
-                seen.setdefault(item.name, i)
-        return problems
+def _table(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _array(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def cross_problems(data: Mapping[str, Any]) -> list[str]:
+    """Rules that span sections, on the document as read (so they are reported beside
+    the problems of single keys); values that break their own key's rule are skipped."""
+    problems: list[str] = []
+    pins: dict[int, str] = {}
+
+    def claim(pin: Any, where: str) -> None:
+        if type(pin) is not int or not 2 <= pin <= 27:
+            return  # absent, or wrong by itself (its own line says so)
+        if pin in pins:
+            problems.append(f"{where}: GPIO{pin} is already used by {pins[pin]}")
+        else:
+            pins[pin] = where
+
+    unit, feedback, inputs = (_table(data.get(k)) for k in ("unit", "feedback", "inputs"))
+    lights = _table(data.get("lights"))
+    readers, cameras = _array(data.get("readers")), _array(data.get("cameras"))
+    for name in ("ok_led", "error_led", "buzzer"):
+        claim(feedback.get(name), f"feedback.{name}")
+    for light_name, light in lights.items():
+        light = _table(light)
+        for i, pin in enumerate(_array(light.get("pins"))):
+            claim(pin, f"lights.{_key(light_name)}.pins[{i}]")
+        if light.get("schedule") == "sunset-sunrise" and unit.get("latitude") is None:
+            problems.append(f"lights.{_key(light_name)}.schedule: \"sunset-sunrise\" needs "
+                            "unit.latitude and unit.longitude")
+    for i, name in enumerate(_array(inputs.get("alarm_lights"))):
+        if isinstance(name, str) and name not in lights:
+            problems.append(f"inputs.alarm_lights[{i}]: no light {name!r} in [lights.*] "
+                            f"(has: {', '.join(map(_key, lights)) or 'none'})")
+    claim(inputs.get("panic"), "inputs.panic")
+    claim(inputs.get("tamper"), "inputs.tamper")
+    for i, reader in enumerate(readers):
+        claim(_table(reader).get("power_pin"), f"readers[{i}].power_pin")
+    for label, items in (("readers", readers), ("cameras", cameras)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            name = _table(item).get("name")
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                problems.append(f"{label}[{i}].name: {name!r} is already the name of "
+                                f"{label}[{seen[name]}]")
+            seen.setdefault(name, i)
+    problems += vehicle_problems(data)
+    return problems
 
 
 # -- loading and error formatting ---------------------------------------------------------
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Longest piece of a value or key an error message quotes.
+_QUOTE_CHARS = 40
+
+
+def _key(part: str) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted (escapes shown, cut short)."""
+    if _BARE_KEY.match(part) and len(part) <= _QUOTE_CHARS:
+        return part
+    return _quote(part)
+
+
+def _quote(text: str) -> str:
+    """A string as a message may show it: JSON-quoted, cut short, no control characters."""
+    cut = text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "…"
+    quoted = json.dumps(cut, ensure_ascii=False)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in quoted)
+
+
+_UNION_TAG = re.compile(r"^(\[key\]|function-.*|[a-z][a-z_-]*\[.*\])$", re.DOTALL)
+
+
+def _is_union_tag(part: str) -> bool:
+    # pydantic labels union members ("literal['always','never']", "list[str]") and dict
+    # keys ("[key]") in an error's location; they are not keys of the file.
+    return bool(_UNION_TAG.match(part))
 
 
 def key_path(loc: tuple[Any, ...]) -> str:
@@ -474,21 +642,70 @@ def key_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and ("[" in part or part.startswith(("function-", "literal["))):
-            continue  # union member labels such as "literal['always','never']" or "list[str]"
+        elif isinstance(part, str) and _is_union_tag(part):
+            continue
         else:
-            out += f".{part}" if out else str(part)
+            out += f".{_key(str(part))}" if out else _key(str(part))
+    return out or "(top level)"
+
+
+def _doc_path(loc: tuple[str | int, ...]) -> str:
+    """A place in the document as read (no pydantic labels to drop)."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{_key(part)}" if out else _key(part))
     return out or "(top level)"
 
 
 def _found(value: Any) -> str:
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        if len(value) <= _QUOTE_CHARS:
+            return _quote(value)
+        return f"{_quote(value)} ({len(value)} characters)"
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
-        return f"a list {value!r}" if len(repr(value)) < 60 else "a list"
+        if len(value) <= 8 and all(isinstance(v, int | float | bool) for v in value):
+            return f"a list {value!r}"
+        return "a list"
     return repr(value)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the table at ``loc`` may hold, from the models (for "did you mean")."""
+    annotation: Any = UnitConfig
+    for part in loc:
+        if isinstance(part, str) and _is_union_tag(part):
+            continue
+        annotation = _unwrap(annotation, part)
+        if annotation is None:
+            return []
+    model = _unwrap(annotation, None)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return [name for name, field in model.model_fields.items() if not field.exclude]
+    return []
+
+
+def _unwrap(annotation: Any, part: Any) -> Any:
+    """The annotation one step down from ``annotation`` at ``part`` (None: a model itself)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(get_args(annotation)[0], part)
+    if origin in (Union, types.UnionType):
+        for member in get_args(annotation):
+            if member is not type(None) and (found := _unwrap(member, part)) is not None:
+                return found
+        return None
+    if part is None:
+        return annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    if origin is list and isinstance(part, int):
+        return get_args(annotation)[0]
+    if origin is dict:
+        return get_args(annotation)[1]
+    return None
 
 
 def describe_error(err: dict[str, Any]) -> str:
@@ -497,7 +714,11 @@ def describe_error(err: dict[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     found = err.get("input")
     if kind == "extra_forbidden":
-        return "unknown key (misspelt? see docs/configuration.md)"
+        loc = tuple(err["loc"])
+        unknown = loc[-1] if loc and isinstance(loc[-1], str) else ""
+        close = difflib.get_close_matches(unknown, _known_keys(loc[:-1]), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"unknown key{hint} (see docs/configuration.md)"
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
@@ -512,7 +733,12 @@ def describe_error(err: dict[str, Any]) -> str:
         limit = next(iter(ctx.values()), "?")
         return f"must be {word} {limit}, got {_found(found)}"
     if kind in ("too_short", "too_long"):
-        return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_found(found)}"
+        word, limit = ("at least", ctx.get("min_length")) if kind == "too_short" else \
+            ("at most", ctx.get("max_length"))
+        actual = ctx.get("actual_length")
+        if actual is None:
+            actual = len(found) if isinstance(found, list | dict) else "?"
+        return f"{word} {limit} item{'' if limit == 1 else 's'}, got {actual}"
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     if kind.endswith("_type") or kind.endswith("_parsing"):
@@ -521,11 +747,28 @@ def describe_error(err: dict[str, Any]) -> str:
     return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_found(found)}"
 
 
+def _wrong_branch(err: dict[str, Any]) -> bool:
+    """An error of a union member the value plainly is not (a list tried as a word)."""
+    kind, found = err["type"], err.get("input")
+    if kind.endswith("_type"):
+        return True
+    return kind == "literal_error" and isinstance(found, list | dict)
+
+
 def problems_of(error: ValidationError) -> list[str]:
+    errors = error.errors(include_url=False)
+    # A value tried against each member of a union fails each: where one member's
+    # complaint is about the value itself, the others' "not my type" lines are noise.
+    branch_paths = {key_path(tuple(e["loc"])) for e in errors
+                    if any(isinstance(p, str) and _is_union_tag(p) for p in e["loc"])
+                    and not _wrong_branch(e)}
     lines: list[str] = []
     seen: set[str] = set()
-    for err in error.errors(include_url=False):
+    for err in errors:
         path = key_path(tuple(err["loc"]))
+        if path in branch_paths and _wrong_branch(err) and \
+                any(isinstance(p, str) and _is_union_tag(p) for p in err["loc"]):
+            continue
         line = f"{path}: {describe_error(err)}"
         # A value failing every branch of a union repeats itself: keep each line once.
         if line not in seen:
@@ -534,32 +777,191 @@ def problems_of(error: ValidationError) -> list[str]:
     return lines
 
 
+def shape_problem(data: Mapping[str, Any]) -> str | None:
+    """The first table or array nested deeper than MAX_DEPTH or longer than MAX_ENTRIES.
+
+    Checked before anything else looks at the document, so nothing after it walks
+    a deep or huge structure (and a hostile one gets one line, not thousands).
+    """
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if not isinstance(value, dict | list):
+            continue
+        if len(loc) > MAX_DEPTH:
+            return (f"{_doc_path(loc)}: nested too deeply (at most {MAX_DEPTH} levels of "
+                    "tables and arrays)")
+        if len(value) > MAX_ENTRIES:
+            return f"{_doc_path(loc)}: at most {MAX_ENTRIES} entries, got {len(value)}"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        stack.extend(reversed([((*loc, k), v) for k, v in items]))
+    return None
+
+
+#: UnitConfig fields that load_config fills; never keys of the file.
+_INTERNAL_FIELDS = ("source_path", "sha256")
+
+
+def _validate(data: Mapping[str, Any]) -> tuple[UnitConfig | None, list[str]]:
+    """The config and every problem: those of single keys, then those across keys."""
+    shape = shape_problem(data)
+    if shape is not None:
+        return None, [shape]
+    problems = [f"{_key(k)}: unknown key (see docs/configuration.md)"
+                for k in _INTERNAL_FIELDS if k in data]
+    cfg: UnitConfig | None = None
+    try:
+        cfg = UnitConfig.model_validate({k: v for k, v in data.items()
+                                         if k not in _INTERNAL_FIELDS})
+    except ValidationError as err:
+        problems += problems_of(err)
+    problems += cross_problems(data)
+    return (None if problems else cfg), problems
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>") -> UnitConfig:
     """Validate an already-parsed TOML document; raise :class:`ConfigInvalid`."""
-    try:
-        cfg = UnitConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigInvalid(source, problems_of(err)) from None
-    cross = cfg.cross_problems()
-    if cross:
-        raise ConfigInvalid(source, cross)
+    cfg, problems = _validate(data)
+    if cfg is None:
+        raise ConfigInvalid(source, problems)
     return cfg
 
 
-def load_config(path: str | Path) -> UnitConfig:
-    """Read, parse and validate a unit config file."""
-    path = Path(path)
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """The file's bytes, if it is a regular file of at most MAX_CONFIG_BYTES.
+
+    Opened non-blocking, so a FIFO or a device is refused instead of waited on,
+    and never read past the limit (``-c /dev/zero`` must not fill the memory).
+    """
+    def unreadable(why: str) -> ConfigUnreadable:
+        return ConfigUnreadable(f"{path}: cannot read config: {why}")
+
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as err:
-        raise ConfigUnreadable(f"{path}: cannot read config: {err.strerror or err}") from err
+        raise unreadable(err.strerror or str(err)) from err
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise unreadable(f"{_file_kind(mode)}, not a file")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise unreadable(f"larger than {MAX_CONFIG_BYTES // 1024} KiB (a unit's config "
+                             "is a few KiB)")
+        return b"".join(chunks)
+    except ConfigUnreadable:
+        raise
+    except OSError as err:  # EIO from a failing card, EISDIR from an odd filesystem
+        raise unreadable(err.strerror or str(err)) from err
+    finally:
+        os.close(fd)
+
+
+def parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise ConfigUnreadable(f"{path}: not UTF-8 text: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigUnreadable(f"{path}: not valid TOML: {err}") from err
-    cfg = parse_config(data, str(path))
+    except RecursionError:
+        # tomllib recurses once per level: a hostile file runs out of stack, not memory.
+        raise ConfigUnreadable(f"{path}: not valid TOML: tables or arrays nested too "
+                               f"deeply (at most {MAX_DEPTH} levels)") from None
+
+
+def _resolved(value: Any, base: Path) -> Path | None:
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _directory_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be (or become) a directory: itself or a parent is a file."""
+    for candidate in (path, *path.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # the first part that exists says
+        except OSError:
+            return None  # not ours to judge here (permissions): the daemon will say
+        if stat.S_ISDIR(mode):
+            return None
+        what = "a file" if stat.S_ISREG(mode) else _file_kind(mode)
+        return f"{candidate} is {what}, not a directory"
+    return None
+
+
+def directory_problems(data: Mapping[str, Any], base: Path) -> list[str]:
+    """``unit.data_dir`` and ``unit.runtime_dir`` must be directories or be creatable."""
+    unit = _table(data.get("unit"))
+    problems: list[str] = []
+    for key, default in (("data_dir", UnitSection.model_fields["data_dir"].default),
+                         ("runtime_dir", UnitSection.model_fields["runtime_dir"].default)):
+        path = _resolved(unit.get(key, str(default)), base)
+        if path is not None and (why := _directory_problem(path)) is not None:
+            problems.append(f"unit.{key}: {why}")
+    return problems
+
+
+def file_problems(data: Mapping[str, Any], base: Path) -> list[str]:
+    """Files the config names that this user cannot read: ``mqtt.password_file`` and
+    ``mqtt.tls.{ca,cert,key}`` (``config check``; the daemons start without them)."""
+    mqtt = _table(data.get("mqtt"))
+    tls = _table(mqtt.get("tls"))
+    named = [("mqtt.password_file", mqtt.get("password_file"))]
+    named += [(f"mqtt.tls.{k}", tls.get(k)) for k in ("ca", "cert", "key")]
+    problems: list[str] = []
+    for key, value in named:
+        path = _resolved(value, base)
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+            if not stat.S_ISREG(mode):
+                problems.append(f"{key}: {path} is {_file_kind(mode)}, not a file")
+                continue
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
+        except FileNotFoundError:
+            problems.append(f"{key}: {path} does not exist")
+        except OSError as err:
+            problems.append(f"{key}: {path} is not readable ({err.strerror or err})")
+    return problems
+
+
+def load_config(path: str | Path, *, check_files: bool = False) -> UnitConfig:
+    """Read, parse and validate a unit config file.
+
+    ``check_files`` also requires the credential files it names to be readable
+    (``xunfang config check``); the daemons do not, so a missing certificate
+    never stops the station.
+    """
+    path = Path(path)
+    raw = read_config_bytes(path)
+    data = parse_toml(raw, path)
+    cfg, problems = _validate(data)
+    problems += directory_problems(data, path.parent)
+    if check_files:
+        problems += file_problems(data, path.parent)
+    if cfg is None or problems:
+        raise ConfigInvalid(str(path), problems)
     return resolve_paths(cfg, path.parent).model_copy(update={
         "source_path": path,
         "sha256": hashlib.sha256(raw).hexdigest(),

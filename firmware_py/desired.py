@@ -69,14 +69,15 @@ __all__ = [
     "validate_args",
 ]
 
-DESIRED_NAMES = ("level", "cards", "lights")
+DESIRED_NAMES = ("level", "cards", "lights", "points")
 #: One-shot actions, and the daemon that carries each out.
 CMD_NAMES = ("rebirth", "snapshot", "clip", "lights.test")
 CMD_CONSUMERS = {"rebirth": "uplink", "snapshot": "camera", "clip": "camera",
                  "lights.test": "station"}
 SCOPES = ("unit", "site")
 DEFAULT_LEVEL = 3
-ROLES = ("police", "patrol", "village")
+#: Card-list roles: 民警, 协警, 专职巡防队员, 护村队员. A ``leader`` (所领导) is police.
+ROLES = ("police", "auxiliary", "patrol", "village")
 
 # -- state keys -------------------------------------------------------------------------------
 
@@ -301,6 +302,8 @@ def validate_args(name: str, args: object, config: UnitConfig | None = None) -> 
         _expiry(args, "lights")
     elif name == "cards":
         _validate_cards(args)
+    elif name == "points":
+        _validate_points(args)
     elif name == "rebirth":
         _only(args, (), "rebirth")
     elif name in ("snapshot", "clip"):
@@ -349,7 +352,7 @@ def _validate_cards(args: Mapping[str, Any]) -> None:
         where = f"cards[{i}]"
         if not isinstance(entry, dict):
             raise ArgsInvalid(f"{where} must be an object")
-        _only(entry, ("card", "badge", "role", "valid_from", "valid_to"), where)
+        _only(entry, ("card", "badge", "role", "leader", "valid_from", "valid_to"), where)
         card = entry.get("card")
         if not isinstance(card, str) or not card_form_ok(card):
             raise ArgsInvalid(f"{where}.card must be a hex id (upper case, 8/10/14/20 digits), "
@@ -364,6 +367,11 @@ def _validate_cards(args: Mapping[str, Any]) -> None:
         if entry.get("role") not in ROLES:
             raise ArgsInvalid(f"{where}.role must be one of {', '.join(ROLES)}, "
                               f"got {_show(entry.get('role'))}")
+        leader = entry.get("leader", False)
+        if not isinstance(leader, bool):
+            raise ArgsInvalid(f"{where}.leader must be true or false, got {_show(leader)}")
+        if leader and entry["role"] != "police":
+            raise ArgsInvalid(f"{where}: a leader must be police, not {entry['role']}")
         start = end = None
         if entry.get("valid_from") is not None:
             start = time_ms(entry["valid_from"], f"{where}.valid_from")
@@ -371,6 +379,70 @@ def _validate_cards(args: Mapping[str, Any]) -> None:
             end = time_ms(entry["valid_to"], f"{where}.valid_to")
         if start is not None and end is not None and end <= start:
             raise ArgsInvalid(f"{where}: valid_to is not after valid_from")
+
+
+# -- desired/points: patrol points for geofence visits (docs/vehicle.md) ---------------------
+
+POINT_ID_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+MAX_POINTS = 1000
+MAX_POINT_NAME_LEN = 64
+POINT_RADIUS_M = (5, 5000)
+POINT_DWELL_S = (1, 3600)
+
+
+def _validate_points(args: Mapping[str, Any]) -> None:
+    """``{"version": n, "points": [{"id", "lat_e7", "lon_e7", "radius_m", "dwell_s"?,
+    "name"?}]}``: coordinates in units of 1e-7 degree (signed messages carry no floats)."""
+    _only(args, ("version", "points"), "points")
+    version = args.get("version")
+    if not _is_int(version) or version < 0:
+        raise ArgsInvalid(f"points.version must be a whole number >= 0, got {_show(version)}")
+    points = args.get("points")
+    if not isinstance(points, list) or len(points) > MAX_POINTS:
+        raise ArgsInvalid(f"points.points must be a list of at most {MAX_POINTS} points")
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(points):
+        where = f"points[{i}]"
+        if not isinstance(entry, dict):
+            raise ArgsInvalid(f"{where} must be an object")
+        _only(entry, ("id", "name", "lat_e7", "lon_e7", "radius_m", "dwell_s"), where)
+        ident = entry.get("id")
+        if not isinstance(ident, str) or not POINT_ID_RE.match(ident):
+            raise ArgsInvalid(f"{where}.id must match [a-z0-9-]{{1,32}}, got {_show(ident)}")
+        if ident in seen:
+            raise ArgsInvalid(f"{where}.id {ident} is already points[{seen[ident]}]")
+        seen[ident] = i
+        name = entry.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_POINT_NAME_LEN):
+            raise ArgsInvalid(f"{where}.name must be a string of at most {MAX_POINT_NAME_LEN} "
+                              "characters")
+        for key, limit in (("lat_e7", 900_000_000), ("lon_e7", 1_800_000_000)):
+            value = entry.get(key)
+            if not _is_int(value) or not -limit <= value <= limit:
+                raise ArgsInvalid(f"{where}.{key} must be a whole number of 1e-7 degrees "
+                                  f"from {-limit} to {limit}, got {_show(value)}")
+        for key, (low, high), required in (("radius_m", POINT_RADIUS_M, True),
+                                           ("dwell_s", POINT_DWELL_S, False)):
+            value = entry.get(key)
+            if value is None and not required:
+                continue
+            if not _is_int(value) or not low <= value <= high:
+                raise ArgsInvalid(f"{where}.{key} must be a whole number from {low} to {high}, "
+                                  f"got {_show(value)}")
+
+
+def points_from(doc: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    args = doc["args"]
+    return {"version": args["version"], "points": args["points"], "by": doc["id"],
+            "issued_at": doc.get("issued_at"), "scope": doc.get("scope")}
+
+
+def current_points(journal: Journal) -> dict[str, Any] | None:
+    """The patrol points in force: ``{"version", "points", "by", "issued_at", "scope"}`` or
+    None. Like card lists, they do not end: the newer of the unit's and the site's."""
+    return points_from(newest(stored_docs(journal, "points")))
 
 
 def args_expiry_ms(name: str, args: Mapping[str, Any]) -> int | None:

@@ -40,6 +40,11 @@ class JournalWriteFailed(JournalError, OSError):
     """An event could not be committed to disk: the caller must not signal success."""
 
 
+class JournalUnavailable(JournalWriteFailed):
+    """The journal file cannot be opened for writing now (a full disk, an I/O error);
+    it is not damaged, and may work again once the cause is gone."""
+
+
 class JournalCorrupt(JournalError, ValueError):
     """The journal file is not a xunfang journal or fails its integrity check."""
 

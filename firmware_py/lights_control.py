@@ -24,7 +24,14 @@ it gathers what decides a light's mode and asks the pure function
 A light's ``reason`` is the layer that decided its mode, ``off`` included
 (``off`` for the schedule says "nothing asks for light now"). Every change of
 mode or reason is a ``lights`` event ``{light, mode, reason, previous}`` and
-updates the health object ``device/lights/{name}`` in the same transaction.
+updates the health object ``device/lights/{name}`` in the same transaction;
+the first one after the station starts is written even when nothing changed
+(``start: true``), so the centre knows what a restarted unit shows.
+
+A light that cannot show anything (its pins would not open) is never
+reported as showing a mode: its mode and reason are ``error`` in the event,
+the health object and so in the birth status, with ``detail`` (why) and
+``wanted``/``wanted_reason`` (what it would show).
 
 Time: the schedule needs the local time, and a Pi without RTC may not know
 it. While the clock is not synchronised, a light with a window or
@@ -64,6 +71,7 @@ from zoneinfo import ZoneInfo
 
 from astral import Observer
 from astral.sun import elevation, sunrise, sunset
+from gpiozero.exc import BadPinFactory
 
 from drivers.lights import LightError, WarningLight, modes_for
 
@@ -72,6 +80,7 @@ from .config import LightConfig, UnitConfig, parse_window
 from .desired import InboxReader, current_level, current_lights_override
 from .exc import JournalError
 from .journal import InboxEntry, Journal
+from .patrol import DUTY_KEY
 from .runtime import UnitContext
 from .station import StationPart
 
@@ -95,6 +104,10 @@ __all__ = [
 ]
 
 REASONS = ("schedule", "level", "override", "alarm", "test")
+#: Mode and reason reported for a light that cannot show anything.
+FAULT = "error"
+#: Said when gpiozero finds no GPIO at all (a PC, a container): what to do about it.
+NO_GPIO_HINT = "; no GPIO on this machine? GPIOZERO_PIN_FACTORY=mock runs the unit without it"
 #: The mode an active alarm gives its lights.
 ALARM_MODE = "strobe"
 #: The alarm source that drives lights (a tamper alarm does not: see docs/lights.md).
@@ -175,16 +188,21 @@ def in_windows(windows: Iterable[str], now_local: datetime) -> bool:
     return False
 
 
-def schedule_on(light: LightConfig, now_local: datetime | None, sun: SunTimes | None) -> bool:
+def schedule_on(light: LightConfig, now_local: datetime | None, sun: SunTimes | None,
+                on_duty: bool = False) -> bool:
     """Whether the light's base schedule asks for light at ``now_local``.
 
     ``now_local`` None means the local time is not known (clock not
     synchronised): time-dependent schedules then count as on (fail-lit).
-    ``sun`` is that day's :class:`SunTimes`, needed for ``sunset-sunrise``.
+    ``sun`` is that day's :class:`SunTimes`, needed for ``sunset-sunrise``;
+    ``on_duty`` whether anyone is on duty, for ``on-duty`` (a vehicle's roof
+    light is lit while its crew is on patrol).
     """
     schedule = light.schedule
     if schedule == "always":
         return True
+    if schedule == "on-duty":
+        return on_duty
     if schedule == "never":
         return False
     if now_local is None:
@@ -204,13 +222,14 @@ def schedule_on(light: LightConfig, now_local: datetime | None, sun: SunTimes | 
 
 def decide(light: LightConfig, now_local: datetime | None, sun: SunTimes | None, level: int,
            override: str | None, alarm_active: bool,
-           test_mode: str | None) -> tuple[str, str]:
+           test_mode: str | None, on_duty: bool = False) -> tuple[str, str]:
     """``(mode, reason)`` of one light. Pure: everything it needs is an argument.
 
     In rising priority: schedule, level, override, alarm, test (module doc).
     ``override`` is the override's mode for this light (None: not named);
     ``alarm_active`` whether an active alarm drives this light; ``test_mode``
-    the self-test's mode for it (None: not under test).
+    the self-test's mode for it (None: not under test); ``on_duty`` whether
+    anyone is on duty (for the ``on-duty`` schedule).
     """
     if test_mode is not None:
         return test_mode, "test"
@@ -221,7 +240,7 @@ def decide(light: LightConfig, now_local: datetime | None, sun: SunTimes | None,
     level_mode = light.effective_level_modes.get(level)
     if level_mode is not None:
         return level_mode, "level"
-    if schedule_on(light, now_local, sun):
+    if schedule_on(light, now_local, sun, on_duty):
         return light.effective_schedule_mode, "schedule"
     return "off", "schedule"
 
@@ -374,8 +393,9 @@ class LightsPart(StationPart):
         self.alarm_lights = frozenset(cfg.inputs.alarm_light_names(cfg.lights))
         self.lights: dict[str, WarningLight | None] = dict.fromkeys(cfg.lights)
         self.errors: dict[str, str] = {}
-        self.modes: dict[str, tuple[str, str]] = {}
+        self.modes: dict[str, tuple[str, str]] = {}     # what the layers decided
         self._reported: dict[str, tuple[Any, Any]] = {}
+        self._announced: set[str] = set()    # lights with an event since this start
         self._written: dict[str, Any] = {}
         self.inbox = InboxReader(self.journal, "station", ["lights.test"])
         self.test: SelfTest | None = None
@@ -388,6 +408,7 @@ class LightsPart(StationPart):
     # -- life cycle -------------------------------------------------------------------------
 
     def open(self) -> None:
+        self._announced.clear()
         self._load_reported()
         self._claim(None)
 
@@ -445,7 +466,8 @@ class LightsPart(StationPart):
             except Exception as err:
                 text = f"cannot open GPIO{'/'.join(map(str, lc.pins))}: {err}"
                 if self.errors.get(name) != text:
-                    log.error("light %s: %s (retrying every %.0f s)", name, text, self.retry_s)
+                    log.error("light %s: %s (retrying every %.0f s)%s", name, text, self.retry_s,
+                              NO_GPIO_HINT if isinstance(err, BadPinFactory) else "")
                 self.errors[name] = text
         self._next_claim = None if now is None else now + self.retry_s
 
@@ -471,10 +493,14 @@ class LightsPart(StationPart):
             now_local = datetime.fromtimestamp(self.clock.wall_ms() / 1000, self.tz)
             if self.sun is not None:
                 sun = self.sun.on(now_local.date())
+        on_duty = False
+        if any(lc.schedule == "on-duty" for lc in self.ctx.config.lights.values()):
+            on_duty = bool(self.journal.state_get(DUTY_KEY))
         for name, lc in self.ctx.config.lights.items():
             test_mode = self.test.mode_for(name, now_mono) if self.test is not None else None
             mode, reason = decide(lc, now_local, sun, level, override.get(name),
-                                  alarm_active and name in self.alarm_lights, test_mode)
+                                  alarm_active and name in self.alarm_lights, test_mode,
+                                  on_duty)
             if mode not in modes_for(len(lc.pins)):
                 # Only an override the centre validated against another config can get
                 # here (alternate for a one-pin light): show the nearest thing.
@@ -486,27 +512,41 @@ class LightsPart(StationPart):
         if light is not None:
             try:
                 light.show(mode)
+                self.errors.pop(name, None)
             except LightError as err:
+                if self.errors.get(name) != str(err):
+                    log.error("light %s: %s", name, err)
                 self.errors[name] = str(err)
-                log.error("light %s: %s", name, err)
         self.modes[name] = (mode, reason)
-        state: dict[str, Any] = {"state": mode, "mode": mode, "reason": reason,
+        error = self.errors.get(name)
+        # What the light shows: nothing it was asked for when its pins do not work.
+        shown, why = (FAULT, FAULT) if error is not None else (mode, reason)
+        state: dict[str, Any] = {"state": shown, "mode": shown, "reason": why,
                                  "pins": list(lc.pins), "active_high": lc.active_high}
-        if name in self.errors:
-            state.update(state="error", detail=self.errors[name])
-        if reason == "test" and self.test is not None:
+        extra: dict[str, Any] = {}
+        if error is not None:
+            extra = {"detail": error, "wanted": mode, "wanted_reason": reason}
+            state.update(extra)
+        if why == "test" and self.test is not None:
             state["test"] = self.test.id
         before = self._reported.get(name)
+        starting = name not in self._announced
         try:
-            if before != (mode, reason):
-                data: dict[str, Any] = {"light": name, "mode": mode, "reason": reason,
+            if before != (shown, why) or starting:
+                data: dict[str, Any] = {"light": name, "mode": shown, "reason": why, **extra,
                                         "previous": before[0] if before else None}
-                if reason == "test" and self.test is not None:
+                if why == "test" and self.test is not None:
                     data["test"] = self.test.id
+                if starting:
+                    data["start"] = True
                 self.journal.append("lights", data, state={device_key(name): state})
-                log.info("light %s: %s (%s)", name, mode, reason)
-                self._reported[name] = (mode, reason)
+                if error is not None:
+                    log.info("light %s: error, would show %s (%s)", name, mode, reason)
+                else:
+                    log.info("light %s: %s (%s)", name, mode, reason)
+                self._reported[name] = (shown, why)
                 self._written[name] = state
+                self._announced.add(name)
             elif self._written.get(name) != state:
                 self.journal.state_set(device_key(name), state)
                 self._written[name] = state
@@ -514,7 +554,7 @@ class LightsPart(StationPart):
         except JournalError as err:
             # The light shows its mode regardless; the event is tried again next turn.
             if not self._journal_failing:
-                log.error("light %s: cannot record %s (%s): %s", name, mode, reason, err)
+                log.error("light %s: cannot record %s (%s): %s", name, shown, why, err)
             self._journal_failing = True
 
     # -- the self-test -------------------------------------------------------------------------
@@ -574,10 +614,14 @@ class LightsPart(StationPart):
         out: dict[str, Any] = {}
         for name in self.lights:
             mode, reason = self.modes.get(name, (None, None))
-            state = "busy" if self.busy else "error" if name in self.errors else mode
-            out[name] = {"state": state or "unknown", "mode": mode, "reason": reason}
-            if name in self.errors:
-                out[name]["detail"] = self.errors[name]
+            if self.busy:
+                out[name] = {"state": "busy", "mode": mode, "reason": reason}
+            elif name in self.errors:
+                out[name] = {"state": FAULT, "mode": FAULT, "reason": FAULT,
+                             "detail": self.errors[name], "wanted": mode,
+                             "wanted_reason": reason}
+            else:
+                out[name] = {"state": mode or "unknown", "mode": mode, "reason": reason}
         return out
 
 
@@ -699,7 +743,7 @@ def _drive_here(config: UnitConfig, names: list[str], seconds: float, pin_factor
                                             pin_factory=pin_factory)
             except Exception as err:
                 print(f"check lights: {name}: cannot open GPIO{'/'.join(map(str, lc.pins))}: "
-                      f"{err}", file=out)
+                      f"{err}{NO_GPIO_HINT if isinstance(err, BadPinFactory) else ''}", file=out)
                 return 1
         factory = type(next(iter(lights.values())).pins[0].factory).__name__
         print(f"check lights: no station holds the lights; driving them here ({factory})",

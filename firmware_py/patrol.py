@@ -525,6 +525,8 @@ class PatrolPoint:
             "roles": roles,
             "people": visit.people,
             "two_person": visit.people >= self.cfg.min_people,
+            # Keyed on police, countersigned by the guards: an auxiliary (协警) is
+            # counted in roles but neither leads nor countersigns.
             "police_led": roles.get("police", 0) > 0
             and (roles.get("patrol", 0) + roles.get("village", 0)) > 0,
             "window": self.windows.at(started_ms) if synced else None,

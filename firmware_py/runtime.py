@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from . import __version__
-from .clock import Clock, SystemClock
+from .clock import Clock, SatelliteClock, SystemClock, rfc3339_ms
 from .config import UnitConfig
 from .exc import JournalError, RuntimeFault
 from .journal import Journal
@@ -229,12 +229,19 @@ def component_factories() -> dict[str, ComponentFactory]:
 class Runtime:
     """Starts components, pings the watchdog while all are alive, stops them cleanly."""
 
+    #: How often a ``unit started`` event the journal refused is tried again.
+    start_retry_s: ClassVar[float] = 5.0
+
     def __init__(self, config: UnitConfig, components: list[str] | None = None,
                  clock: Clock | None = None, notifier: Notifier | None = None,
                  factories: dict[str, ComponentFactory] | None = None,
                  stall_s: float | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
+        if config.gnss is not None and config.gnss.time and \
+                "station" in (components or COMPONENT_NAMES):
+            # The station owns the receiver and feeds this clock (docs/vehicle.md, "Time").
+            self.clock = SatelliteClock(self.clock)
         self.notifier = notifier or Notifier()
         self.names = components or list(COMPONENT_NAMES)
         self.factories = factories or component_factories()
@@ -250,6 +257,9 @@ class Runtime:
         self.stall_s = stall_s or (watchdog / 2 if watchdog else 30.0)
         self.ping_every_s = watchdog / 4 if watchdog else 1.0
         self._hung: set[str] = set()
+        # The ``unit started`` event while the journal cannot take it (a full disk).
+        self._start_event: dict[str, Any] | None = None
+        self._next_start_try = 0.0
 
     @property
     def label(self) -> str:
@@ -257,15 +267,19 @@ class Runtime:
 
     def start(self) -> None:
         cfg = self.config
+        context = {"version": __version__, "config_sha256": cfg.sha256, "component": self.label}
         self.journal, moved_aside = Journal.open_or_recover(
-            cfg.journal_path, unit=cfg.unit.id, site=cfg.unit.site, clock=self.clock)
-        started: dict[str, Any] = {
-            "state": "started", "version": __version__, "config_sha256": cfg.sha256,
-            "component": self.label,
-        }
+            cfg.journal_path, unit=cfg.unit.id, site=cfg.unit.site, clock=self.clock,
+            context=context)
+        started: dict[str, Any] = {"state": "started", **context}
         if moved_aside is not None:
             started["journal_recovered"] = moved_aside.name
-        self.journal.append("unit", started)
+        self._start_event = started
+        if not self._record_start():
+            # A full disk must not keep the unit from starting: the station shows the
+            # fault on a tap and the status file and health say why; the event follows
+            # once the journal takes writes again.
+            started["started_at"] = rfc3339_ms(self.clock.wall_ms())
         ctx = UnitContext(cfg, self.journal, self.clock, self.stop_event)
         for name in self.names:
             component = self.factories[name](ctx)
@@ -276,6 +290,25 @@ class Runtime:
         log.info("unit %s (%s) started: %s; journal %s id %s", cfg.unit.id, cfg.unit.kind,
                  ", ".join(self.names), cfg.journal_path, self.journal.journal_id)
         self.notifier.notify(ready=1, status=self.status_line())
+
+    def _record_start(self) -> bool:
+        """Append the pending ``unit started`` event; False while the journal refuses it."""
+        if self._start_event is None or self.journal is None:
+            return True
+        first = "started_at" not in self._start_event
+        try:
+            self.journal.append("unit", self._start_event)
+        except JournalError as err:
+            self._next_start_try = time.monotonic() + self.start_retry_s
+            if first:
+                log.critical("cannot record the start in the journal (%s): running anyway; "
+                             "it is recorded once the journal takes writes again", err)
+            return False
+        if not first:
+            log.warning("the journal takes writes again: recorded the start of %s",
+                        self._start_event["started_at"])
+        self._start_event = None
+        return True
 
     def status_line(self) -> str:
         parts = [f"{c.name}: {c.status()}" for c in self.components]
@@ -304,6 +337,8 @@ class Runtime:
         last_status = ""
         while not self.stop_event.wait(self.ping_every_s):
             self.watch_once()
+            if self._start_event is not None and time.monotonic() >= self._next_start_try:
+                self._record_start()
             line = self.status_line()
             if line != last_status and not self.notifier.watchdog_s:
                 self.notifier.notify(status=line)

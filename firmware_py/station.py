@@ -49,11 +49,13 @@ def build_parts(ctx: UnitContext) -> list[StationPart]:
     from .alarms import AlarmsPart  # lazy: the parts' modules import this one
     from .checkin import CheckinPart
     from .lights_control import LightsPart
+    from .vehicle import VehiclePart
 
     parts: list[StationPart] = []
     parts += AlarmsPart.for_config(ctx)   # before the lights: an alarm strobes them
     parts += LightsPart.for_config(ctx)
     parts += CheckinPart.for_config(ctx)  # readers, patrol logic, feedback
+    parts += VehiclePart.for_config(ctx)  # GNSS: tracks, geofence visits, satellite time
     return parts
 
 
@@ -61,19 +63,46 @@ class StationComponent(Component):
     name = "station"
     # Longest wait between turns: schedules and blink-free decisions need no more.
     tick_s: ClassVar[float] = 0.25
+    #: How often a part whose open() failed is opened again.
+    reopen_s: ClassVar[float] = 5.0
 
     def __init__(self, ctx: UnitContext) -> None:
         super().__init__(ctx)
         self.parts: list[StationPart] = []
+        self._all_parts: list[StationPart] = []
+        self._unopened: list[StationPart] = []
+        self._next_open = 0.0
         self._part_errors: dict[str, int] = {}
 
     def setup(self) -> None:
-        self.parts = build_parts(self.ctx)
-        for part in self.parts:
-            part.open()
+        self._all_parts = build_parts(self.ctx)
+        self._unopened = list(self._all_parts)
+        self.parts = []
+        self._open_parts()
+
+    def _open_parts(self) -> None:
+        """Open the parts not open yet. One that fails (its journal unreadable, a pin
+        taken) must not keep the others, the readers above all, from working."""
+        for part in list(self._unopened):
+            try:
+                part.open()
+            except Exception:
+                n = self._part_errors[part.name] = self._part_errors.get(part.name, 0) + 1
+                log.error("station part %s cannot open (%d times); retrying every %.0f s",
+                          part.name, n, self.reopen_s, exc_info=n == 1 or n % 100 == 0)
+                try:
+                    part.close()
+                except Exception:
+                    log.exception("closing station part %s failed", part.name)
+                continue
+            self._unopened.remove(part)
+        self.parts = [p for p in self._all_parts if p not in self._unopened]
+        self._next_open = time.monotonic() + self.reopen_s
 
     def step(self) -> None:
         now = time.monotonic()
+        if self._unopened and now >= self._next_open:
+            self._open_parts()
         for part in self.parts:
             try:
                 part.tick(now)
@@ -92,7 +121,7 @@ class StationComponent(Component):
                 part.close()
             except Exception:
                 log.exception("closing station part %s failed", part.name)
-        self.parts = []
+        self.parts, self._all_parts, self._unopened = [], [], []
 
     def status(self) -> str:
         return ", ".join(p.name for p in self.parts) or "idle"
@@ -100,4 +129,5 @@ class StationComponent(Component):
     def health(self) -> dict[str, Any]:
         out: dict[str, Any] = super().health()
         out["part_errors"] = dict(self._part_errors)
+        out["parts_not_open"] = [p.name for p in self._unopened]
         return out

@@ -13,7 +13,7 @@ PREFIX = "xunfang/v1"
 ALL_UNITS = "_all"
 NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 EVENT_KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-DESIRED_NAMES = ("level", "cards", "lights")
+DESIRED_NAMES = ("level", "cards", "lights", "points")
 
 
 def _check(name: str, what: str) -> str:

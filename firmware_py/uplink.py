@@ -131,6 +131,8 @@ LOG_EVERY_S = 30.0
 
 SENT_CURSOR = "uplink_sent"
 ACKS_REJECTED_KEY = "uplink/acks_rejected"
+# The broker's side of the last health report, for `xunfang status` with the uplink stopped.
+LAST_HEALTH_KEY = "uplink/last_health"
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 #: ``handler(topic, message)`` for one channel of incoming messages (``ack``
@@ -425,6 +427,8 @@ class UplinkComponent(Component):
         self.journal = ctx.journal
         self.clock = ctx.clock
         self.journal_id = self.journal.journal_id
+        # Journals this one replaced (rebuilt after damage): their acks are stale, not forged.
+        self._retired_journals: set[str] = set()
         self.status_topic = topics.status(self.site, self.unit)
         self.health_topic = topics.health(self.site, self.unit)
         self.ack_topic = topics.ack(self.site, self.unit)
@@ -520,15 +524,37 @@ class UplinkComponent(Component):
         self._next_health = 0.0
         self._next_prune = 0.0
 
-    def setup(self) -> None:
-        self._reset_progress()
+    def _load_progress(self) -> None:
         j = self.journal
+        self.journal_id = j.journal_id
         self._acked = self._acked_saved = j.acked_seq()
         self._sent_before = self._reserved = j.cursor(SENT_CURSOR)
         self._next_seq = self._acked + 1
         saved = j.state_get(ACKS_REJECTED_KEY, 0)
         if isinstance(saved, int) and not isinstance(saved, bool) and saved > self.acks_rejected:
             self.acks_rejected = self._acks_rejected_saved = saved
+
+    def _adopt_rebuilt_journal(self) -> None:
+        """The journal was found damaged and rebuilt (by any process): publish the new one.
+
+        Its events keep their sequence numbers under the new journal id, so the birth
+        (the new id and its acknowledged prefix) goes out first and publishing starts
+        again from the first unacknowledged event; the connection stays up.
+        """
+        old = self.journal_id
+        self._retired_journals.add(old)
+        self._reset_progress()
+        self._load_progress()
+        self.log.warning("journal %s was rebuilt as %s: publishing from event %d",
+                         old, self.journal_id, self._acked + 1)
+        if self.state is BrokerState.CONNECTED:
+            self._publish_control(self.status_topic, self._birth_payload, "birth")
+            self._restart_from_ack()
+
+    def setup(self) -> None:
+        self._reset_progress()
+        j = self.journal
+        self._load_progress()
         now = time.monotonic()
         self._next_attempt = now          # a first attempt at once
         self._next_prune = now + min(FIRST_PRUNE_S, self.ctx.config.journal.prune_every_s)
@@ -585,6 +611,8 @@ class UplinkComponent(Component):
     def step(self) -> None:
         end = time.monotonic() + STEP_S
         while not self.stopping:
+            if self.journal.journal_id != self.journal_id:
+                self._adopt_rebuilt_journal()
             self._drive_connection()
             client = self._client
             if client is not None:
@@ -960,6 +988,8 @@ class UplinkComponent(Component):
         args = env.get("args")
         if not isinstance(args, dict):
             raise AckRejected("malformed", "args is not an object")
+        if args.get("journal") in self._retired_journals:
+            return 0  # for the journal a rebuild replaced: stale, like an old ack
         if args.get("journal") != self.journal_id:
             raise AckRejected("other_journal", f"for journal {str(args.get('journal'))[:40]!r}, "
                                                f"ours is {self.journal_id}")
@@ -1021,6 +1051,12 @@ class UplinkComponent(Component):
         except ValueError as err:
             # Cannot happen for acks checked against last_seq; kept from poisoning the loop.
             self.log.error("journal refused the ack: %s", err)
+        except JournalError as err:
+            # A full disk: kept in memory and written when the journal takes writes again.
+            held = self._throttle("journal-ack")
+            if held is not None:
+                self.log.error("cannot write the acknowledgement %d: %s", self._acked, err)
+            return
         self._acked_saved = self._acked
 
     # -- publishing ------------------------------------------------------------------------
@@ -1085,7 +1121,10 @@ class UplinkComponent(Component):
                 after = ready[-1].seq if ready else self._next_seq - 1
                 if self.journal.last_seq() <= after:
                     break
-                self._events.extend(self.journal.event_rows_after(after, limit=BATCH))
+                rows = self.journal.event_rows_after(after, limit=BATCH)
+                if self.journal.journal_id != self.journal_id:
+                    break  # rebuilt meanwhile: these are the new journal's (step adopts it)
+                self._events.extend(rows)
                 if not self._events:
                     break
             event = self._events.popleft()
@@ -1106,8 +1145,10 @@ class UplinkComponent(Component):
         assert self._resend_next is not None
         after = items[-1].seq if items else self._resend_next - 1
         if len(items) < want and after < self._resend_end:
-            for event in self.journal.event_rows_after(after,
-                                                       limit=min(BATCH, want - len(items))):
+            rows = self.journal.event_rows_after(after, limit=min(BATCH, want - len(items)))
+            if self.journal.journal_id != self.journal_id:
+                return len(items)  # rebuilt meanwhile: step adopts the new journal
+            for event in rows:
                 if event.seq > self._resend_end:
                     break
                 topic = self._event_topics.get(event.kind) or topics.event(
@@ -1123,6 +1164,13 @@ class UplinkComponent(Component):
             return
         try:
             full = self._fill_window(client)
+        except JournalError as err:
+            # A full disk: the sent mark cannot be written, so no event goes out for now
+            # (health still does). Tried again on the next round.
+            held = self._throttle("journal")
+            if held is not None:
+                self.log.error("journal write failed, events held back: %s", err)
+            return
         finally:
             self._uncork()  # the burst goes out now
         if full:
@@ -1263,6 +1311,10 @@ class UplinkComponent(Component):
             self.log.error("cannot read the journal for the health report: %s", err)
             report = self.health_without_journal(str(err))
         self._publish_control(self.health_topic, lambda: _compact(report), "health")
+        with contextlib.suppress(JournalError):
+            self.journal.state_set(LAST_HEALTH_KEY, {
+                "ts": report["ts"], "version": __version__, "broker": report.get("broker"),
+                "pending": report.get("pending")})
 
     def station_status(self) -> dict[str, Any] | None:
         """The station's own word on its journal writes (``statusfile``), or None."""
@@ -1370,13 +1422,15 @@ class UplinkComponent(Component):
             "cpu_temp_c": cpu_temp_c(),
             "centre_ack": self.mqtt_cfg.centre_ack,
             "journal": {"id": self.journal_id, "last_seq": last, "acked_seq": self._acked,
-                        "bytes": j.size_bytes()},
+                        "bytes": j.size_bytes(), "rebuilt": j.rebuilt,
+                        "error": j.read_only_error},
             "uplink": self._counters(),
             "commands": dict(self.commands.counters),
             "station": self.station_status(),
             "readers": self._devices("readers", [r.name for r in cfg.readers]),
             "lights": self._devices("lights", list(cfg.lights)),
             "cameras": self._devices("cameras", [c.name for c in cfg.cameras]),
+            "gnss": self._devices("gnss", ["gnss"] if cfg.gnss is not None else []),
         }
 
     def _counters(self) -> dict[str, Any]:

@@ -19,6 +19,15 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+# gpsd, and gpsfake (in gpsd-clients) to replay receiver captures through it.
+[ -x /usr/sbin/gpsd ] || need_apt+=(gpsd)
+command -v gpsfake >/dev/null || need_apt+=(gpsd-clients)
+# The centre's report is checked in a real browser; Chinese needs a CJK font.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_apt+=(fonts-noto-cjk)
+# The time tests check the chrony snippet the install script writes with chronyd itself.
+[ -x /usr/sbin/chronyd ] || need_apt+=(chrony)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian's packages" >&2
     as_root apt-get update -qq

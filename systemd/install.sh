@@ -299,14 +299,57 @@ else
     untouched_example=1
 fi
 
+# -- time and watchdog (docs/operations.md, "Time and the watchdog") -------------------
+# chrony with the NTP servers (and GNSS receiver) of the config's [time], and
+# systemd petting the hardware watchdog. Both files are rendered by
+# firmware_py/timesync.py with the system's Python; `xunfang check` compares them.
+install_time_and_watchdog() {
+    local conf=$DESTDIR$CONF rendered
+    say "time: chrony from [time] of $CONF; hardware watchdog through systemd"
+    if ! have_pkg chrony; then
+        if [ "$use_apt" -eq 1 ]; then
+            # chrony replaces systemd-timesyncd (both are the time-daemon).
+            machine env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chrony
+        else
+            say "  --no-apt: chrony is not installed; install it for [time] to take effect"
+        fi
+    fi
+    rendered=$(mktemp -d)
+    if [ -f "$conf" ]; then
+        if ! "$PYTHON" "$src/firmware_py/timesync.py" chrony "$conf" >"$rendered/chrony.conf"; then
+            rm -rf "$rendered"
+            die "cannot render the chrony snippet from $CONF (above)" 2
+        fi
+    else
+        "$PYTHON" "$src/firmware_py/timesync.py" chrony "$example" >"$rendered/chrony.conf"
+    fi
+    "$PYTHON" "$src/firmware_py/timesync.py" watchdog >"$rendered/watchdog.conf"
+    install_file 0644 "$rendered/chrony.conf" /etc/chrony/conf.d/xunfang.conf
+    install_file 0644 "$rendered/watchdog.conf" /etc/systemd/system.conf.d/xunfang-watchdog.conf
+    rm -rf "$rendered"
+    if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
+        run systemctl daemon-reexec          # systemd reads system.conf.d only then
+        if systemctl is-active --quiet chrony; then run systemctl restart chrony; fi
+    else
+        say "  skip: systemctl daemon-reexec; systemctl restart chrony (not on this machine)"
+    fi
+}
+# -- end of time and watchdog ----------------------------------------------------------
+
+install_time_and_watchdog
+
 # -- 6. config check -------------------------------------------------------------------------
 say "6/7 config check"
 check=("$XUNFANG" config check -c "$CONF")
+# The example names TLS files that are not in place yet: until it is written
+# over, check it as the daemons do (without the password and TLS files).
+first_check=("${check[@]}")
+if [ "$untouched_example" -eq 1 ]; then first_check+=(station); fi
 if [ -n "$DESTDIR" ]; then
-    say "  skip (DESTDIR): runuser -u $USER_NAME -- ${check[*]}"
+    say "  skip (DESTDIR): runuser -u $USER_NAME -- ${first_check[*]}"
 elif [ "$dry_run" -eq 1 ]; then
-    run runuser -u "$USER_NAME" -- "${check[@]}"
-elif ! runuser -u "$USER_NAME" -- "${check[@]}"; then
+    run runuser -u "$USER_NAME" -- "${first_check[@]}"
+elif ! runuser -u "$USER_NAME" -- "${first_check[@]}"; then
     die "$CONF has problems (above): fix them, then run: ${check[*]}" 2
 fi
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "demo.py"), "--seconds", "75",
-         "--dir", str(tmp_path / "demo")],
+         "--dir", str(tmp_path / "demo"), "--week-days", "2"],
         capture_output=True, text=True, timeout=200)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,3 +47,18 @@ def test_the_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert last is not None and int(last.group(1)) > int(seq.group(1))
     # The centre's live view saw the unit's events too.
     assert any("demo/demo-pp-01" in line and " event " in line for line in centre)
+    # The patrol vehicle: crew on duty, roof light strobing, a track, visits by GNSS at
+    # both points (the receiver a pty fed a real capture, then a generated route).
+    car = [line for line in out.splitlines() if "car    │" in line]
+    assert sum(" duty " in line and "state=on" in line for line in car) == 2
+    assert any("light=roof" in line and "mode=strobe" in line for line in car)
+    assert any("gnss_time=2015-02-25" in line for line in car), "the real capture's fix"
+    for point in ("school", "factory"):
+        assert any(" visit " in line and "source=gnss" in line and f"point={point}" in line
+                   and "police_led=true" in line for line in car), point
+    assert any("demo/demo-car-01" in line and " track " in line and "km/h" in line
+               for line in centre)
+    # The district's days through real units, and the report made from its ledger.
+    report = re.search(r"the compliance report: (\S+)", out)
+    assert report is not None and Path(report.group(1)).read_text(encoding="utf-8")
+    assert (Path(report.group(1)).parent / "report.json").exists()

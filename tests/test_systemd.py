@@ -125,7 +125,7 @@ def test_units_point_at_the_installed_paths() -> None:
         assert last(u, "Service", "ExecStart") == (
             f"{INSTALLED_VENV} run -c {INSTALLED_CONFIG} {component}")
         assert last(u, "Service", "ExecStartPre") == (
-            f"{INSTALLED_VENV} config check -c {INSTALLED_CONFIG}")
+            f"{INSTALLED_VENV} config check -c {INSTALLED_CONFIG} {component}")
 
 
 def test_systemd_analyze_verify(rendered: Path) -> None:
@@ -386,3 +386,18 @@ def test_install_lays_out_versions_behind_current_and_installs_the_updater(
     assert "xunfang-update --no-restart" in dry.stdout
     for name in SERVICES:
         assert "/opt/xunfang/current/bin/xunfang run" in (SYSTEMD / name).read_text()
+
+
+def test_station_gpsd_drop_in_reaches_only_the_loopback(rendered: Path, tmp_path: Path) -> None:
+    """A station reading gpsd (docs/vehicle.md): IP on, and an allow list of localhost only."""
+    shutil.copy(rendered / "xunfang-station.service", tmp_path)
+    shutil.copy(rendered / "xunfang.target", tmp_path)
+    dropins = tmp_path / "xunfang-station.service.d"
+    dropins.mkdir()
+    shutil.copy(SYSTEMD / "examples" / "station-gpsd.conf", dropins / "gpsd.conf")
+    result = analyze("security", "--offline=true", "--no-pager", "./xunfang-station.service",
+                     cwd=tmp_path)
+    deny = next(line for line in result.stdout.splitlines() if "IPAddressDeny=" in line)
+    assert "only localhost" in deny, deny
+    verify = analyze("verify", "--man=no", "./xunfang-station.service", cwd=tmp_path)
+    assert verify.returncode == 0 and "xunfang" not in verify.stdout + verify.stderr

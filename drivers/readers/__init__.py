@@ -140,6 +140,8 @@ def open_reader(
                 on_state=on_state, baudrate=config.baud, power=power, own_power=own_power,
                 **thread_options)
         else:
+            if config.driver == "rdm6300":
+                popts.setdefault("frame", config.frame or "rdm6300")
             protocol = make_protocol(config.driver, config.name,
                                      number_format=config.number_format, hold_s=hold_s,
                                      clock=clock, **popts)

@@ -53,6 +53,10 @@ HOLD_S = 1.5
 # Bad frames further apart than this do not add up to "the reader sends only noise".
 NOISE_GAP_S = 5.0
 
+# A reader without a relay that sends only noise is logged at most this often: a
+# flood of noise must not fill the SD card with log lines (health has the counts).
+NOISE_LOG_EVERY_S = 60.0
+
 # What a port that went away raises: pyserial wraps most OS errors, but not
 # all (tcflush on a hung-up tty raises termios.error, which is no OSError).
 PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, _TermiosError)
@@ -88,6 +92,10 @@ class Counters:
         self.reads = 0     # card reads delivered (after repeat collapse)
         self.repeats = 0   # frames of a held tag that were collapsed
         self.errors: dict[str, int] = {}
+        # Passive readers: frames or lines dropped (any error kind but stray
+        # bytes), and every byte dropped, stray or in a dropped frame.
+        self.bad_frames = 0
+        self.noise_bytes = 0
 
     def error(self, kind: str, n: int = 1) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + n
@@ -175,6 +183,21 @@ class StreamParser(ABC):
             self.bad_since_good = 0
         self._last_bad = self._now
         self.bad_since_good += 1
+
+    def _bad_frame(self, kind: str, nbytes: int) -> None:
+        """A frame or line of ``nbytes`` bytes dropped as ``kind``."""
+        self.counters.bad_frames += 1
+        self.counters.noise_bytes += nbytes
+        self._bad(kind)
+
+    def _noise(self, nbytes: int) -> None:
+        """Stray bytes outside any frame (error kind ``noise``, counted in bytes)."""
+        self.counters.noise_bytes += nbytes
+        self._bad("noise", nbytes)
+
+    def _drop(self, nbytes: int) -> None:
+        """More bytes of a frame or line already counted as bad."""
+        self.counters.noise_bytes += nbytes
 
     def reset(self) -> None:
         """Forget a partial frame (a port was reopened). Counters and the hold stay."""
@@ -268,9 +291,17 @@ class StreamProtocol(ReaderProtocol):
     def clear_hung(self) -> None:
         self.parser.bad_since_good = 0
 
+    def health(self) -> dict[str, Any]:
+        return {"bad_frames": self.parser.counters.bad_frames,
+                "noise_bytes": self.parser.counters.noise_bytes}
+
 
 class ReaderThread:
     """Runs one reader: port, protocol, callbacks, reopen, power cycle.
+
+    A reader without a relay that sends only noise is logged at most once every
+    ``noise_log_every_s`` (with what came since the last line); health counts
+    every episode (``errors.hung``) and the lines held back.
 
     ``port`` is a pyserial URL (``/dev/serial0``, ``/dev/serial/by-id/…``,
     ``socket://…``, ``rfc2217://…``, ``spy://…``, ``loop://``) or an already
@@ -306,6 +337,7 @@ class ReaderThread:
         power_off_s: float = 1.0,
         power_settle_s: float = 0.5,
         path_check_s: float = 1.0,
+        noise_log_every_s: float = NOISE_LOG_EVERY_S,
         clock: Clock = time.monotonic,
     ) -> None:
         self.name = name
@@ -324,6 +356,7 @@ class ReaderThread:
         self.power_off_s = power_off_s
         self.power_settle_s = power_settle_s
         self.path_check_s = path_check_s
+        self.noise_log_every_s = noise_log_every_s
         self.clock = clock
 
         if isinstance(port, str):
@@ -344,6 +377,10 @@ class ReaderThread:
         self.power_cycles = 0
         self.callback_errors = 0
         self.internal_errors = 0
+        self.noise_warnings = 0           # "only noise" lines logged
+        self.noise_warnings_dropped = 0   # episodes not logged: within the interval
+        self._noise_logged_at: float | None = None
+        self._noise_mark = (0, 0)         # bad frames, noise bytes at the last line
         self._port: serial.SerialBase | None = None
         self._port_lock = threading.Lock()
         self._stop = threading.Event()
@@ -417,6 +454,8 @@ class ReaderThread:
             "power_cycles": self.power_cycles,
             "callback_errors": self.callback_errors,
             "internal_errors": self.internal_errors,
+            "noise_warnings": self.noise_warnings,
+            "noise_warnings_dropped": self.noise_warnings_dropped,
         }
         h.update(self.protocol.health())
         return h
@@ -481,9 +520,8 @@ class ReaderThread:
                     self.protocol.clear_hung()
                     if self.power is not None:
                         raise ReaderHung(reason)
-                    # Nothing to cycle: say it (once per episode) and keep listening.
-                    log.warning("reader %s on %s: %s (no power_pin to cycle it)", self.name,
-                                self.url, reason)
+                    # Nothing to cycle: say it (now and then) and keep listening.
+                    self._warn_noise(reason)
         except ReaderHung as err:
             self._set_state(OFFLINE, f"hung: {err}")
             return False, str(err)
@@ -548,6 +586,26 @@ class ReaderThread:
         except OSError:
             return (-1, -1, -1)
         return (st.st_dev, st.st_ino, st.st_rdev)
+
+    def _warn_noise(self, reason: str) -> None:
+        now = self.clock()
+        last = self._noise_logged_at
+        if last is not None and now - last < self.noise_log_every_s:
+            self.noise_warnings_dropped += 1
+            return
+        counters = self.protocol.counters
+        mark = (counters.bad_frames, counters.noise_bytes)
+        if last is None:
+            log.warning("reader %s on %s: %s (no power_pin to cycle it); logged at most once "
+                        "every %.0f s, counted in health", self.name, self.url, reason,
+                        self.noise_log_every_s)
+        else:
+            log.warning("reader %s on %s: still only noise: %d bad frames, %d noise bytes "
+                        "since the last report %.0f s ago (no power_pin to cycle it)",
+                        self.name, self.url, mark[0] - self._noise_mark[0],
+                        mark[1] - self._noise_mark[1], now - last)
+        self.noise_warnings += 1
+        self._noise_logged_at, self._noise_mark = now, mark
 
     def _deliver(self, read: CardRead) -> None:
         if self.on_card is None:

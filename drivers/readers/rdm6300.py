@@ -11,10 +11,12 @@ The reader repeats the frame every ~100 ms while a tag is in the field; the
 parser collapses those repeats (:class:`~drivers.readers.base.RepeatFilter`).
 
 The RF125-PS variant sends 11 characters between STX and ETX: the same ten
-digits, then the checksum as one *raw* byte (13 bytes in all). It is accepted
-too (``accept_rf125``): the byte after the digits is a raw checksum exactly
-when ETX follows it at once, since in the 14-byte form two hex digits come
-first, so the two never mix up.
+digits, then the checksum as one *raw* byte (13 bytes in all). A parser reads
+one form only, the one its reader is configured for (``frame``: ``rdm6300``
+or ``rf125``), never a guess per frame: a 14-byte frame that lost one byte on
+the line (a UART overrun) often has the shape of a 13-byte one, and its
+one-byte checksum then passes for about 1 in 256 of them, which would be a
+card that was never there.
 
 The parser resynchronises on the next STX after anything that is not a frame,
 drops (and counts) bad checksums and malformed frames, and never raises.
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import time
 
+from drivers.exc import ReaderConfigInvalid
+
 from .base import HOLD_S, Clock, StreamParser, StreamProtocol
 
 STX = 0x02
@@ -39,6 +43,8 @@ ETX = 0x03
 FRAME_LEN = 14
 RF125_FRAME_LEN = 13
 DEFAULT_BAUD = 9600
+# The frame forms a reader may be configured for (``[[readers]] frame``).
+FRAMES: tuple[str, ...] = ("rdm6300", "rf125")
 
 _HEX = frozenset(b"0123456789ABCDEFabcdef")
 _NEED, _OK, _BAD_CHECKSUM, _BAD_FRAME = range(4)
@@ -70,6 +76,10 @@ def encode_rf125_frame(card_hex: str) -> bytes:
 class Rdm6300Parser(StreamParser):
     """Bytes from an RDM6300 in, card reads out (``feed``); errors counted by kind.
 
+    ``frame`` is the one form read: ``rdm6300`` (14 bytes, two hex checksum
+    digits) or ``rf125`` (13 bytes, a raw checksum byte); frames of the other
+    form are malformed.
+
     Error kinds: ``bad_checksum`` (a well-formed frame whose checksum is
     wrong), ``bad_frame`` (an STX followed by something that is not a frame;
     the bytes up to the next STX go with it), ``noise`` (other bytes outside
@@ -77,9 +87,12 @@ class Rdm6300Parser(StreamParser):
     """
 
     def __init__(self, reader: str = "", *, hold_s: float = HOLD_S,
-                 clock: Clock = time.monotonic, accept_rf125: bool = True) -> None:
+                 clock: Clock = time.monotonic, frame: str = "rdm6300") -> None:
+        if frame not in FRAMES:
+            raise ReaderConfigInvalid(f"reader {reader}: frame must be one of "
+                                      f"{', '.join(FRAMES)}, got {frame!r}")
         super().__init__(reader, hold_s=hold_s, clock=clock)
-        self.accept_rf125 = accept_rf125
+        self.frame = frame
         self._buf = bytearray()
         # After a malformed frame, the bytes up to the next STX belong to it:
         # counted once as a bad frame, not again as noise.
@@ -96,13 +109,13 @@ class Rdm6300Parser(StreamParser):
         i = 0
         while True:
             j = buf.find(STX, i)
+            end = len(buf) if j < 0 else j
+            if end > i:
+                # Stray bytes, or the rest of a malformed frame (counted with it).
+                (self._drop if self._in_bad else self._noise)(end - i)
             if j < 0:
-                if len(buf) > i and not self._in_bad:
-                    self._bad("noise", len(buf) - i)
                 i = len(buf)
                 break
-            if j > i and not self._in_bad:
-                self._bad("noise", j - i)
             self._in_bad = False
             result, length = self._frame_at(buf, j)
             if result == _NEED:
@@ -113,12 +126,12 @@ class Rdm6300Parser(StreamParser):
                 out.append((raw[1:11].decode("ascii").upper(), raw))
                 i = j + length
             elif result == _BAD_CHECKSUM:
-                self._bad("bad_checksum")
+                self._bad_frame("bad_checksum", length)
                 i = j + length
             else:
                 # Resynchronise on the byte after this STX: a real frame may
                 # start inside what we just rejected.
-                self._bad("bad_frame")
+                self._bad_frame("bad_frame", 1)
                 self._in_bad = True
                 i = j + 1
         del buf[:i]
@@ -126,34 +139,25 @@ class Rdm6300Parser(StreamParser):
 
     def _frame_at(self, buf: bytearray, j: int) -> tuple[int, int]:
         avail = len(buf) - j
-        for k in range(1, min(avail, 11)):
+        rf125 = self.frame == "rf125"
+        length = RF125_FRAME_LEN if rf125 else FRAME_LEN
+        # Hex digits up to the checksum: ten in either form, two more in the 14-byte one.
+        hex_end = 11 if rf125 else 13
+        for k in range(1, min(avail, hex_end)):
             if buf[j + k] not in _HEX:
                 return _BAD_FRAME, 0
-        if avail < 12:
+        if avail < length:
             return _NEED, 0
-        c1 = buf[j + 11]
-        if c1 not in _HEX and not self.accept_rf125:
+        if buf[j + length - 1] != ETX:
             return _BAD_FRAME, 0
-        if avail < 13:
-            return _NEED, 0
-        c2 = buf[j + 12]
-        if c2 == ETX and self.accept_rf125:
-            ok = c1 == checksum(buf[j + 1:j + 11].decode("ascii"))
-            return (_OK if ok else _BAD_CHECKSUM), RF125_FRAME_LEN
-        if c1 not in _HEX or c2 not in _HEX:
-            return _BAD_FRAME, 0
-        if avail < 14:
-            return _NEED, 0
-        if buf[j + 13] != ETX:
-            return _BAD_FRAME, 0
-        ok = int(buf[j + 11:j + 13].decode("ascii"), 16) == checksum(
-            buf[j + 1:j + 11].decode("ascii"))
-        return (_OK if ok else _BAD_CHECKSUM), FRAME_LEN
+        expected = checksum(buf[j + 1:j + 11].decode("ascii"))
+        got = buf[j + 11] if rf125 else int(buf[j + 11:j + 13].decode("ascii"), 16)
+        return (_OK if got == expected else _BAD_CHECKSUM), length
 
 
 def rdm6300_protocol(reader: str = "", *, hold_s: float = HOLD_S, clock: Clock = time.monotonic,
-                     accept_rf125: bool = True, noise_limit: int = 50) -> StreamProtocol:
+                     frame: str = "rdm6300", noise_limit: int = 50) -> StreamProtocol:
     """The protocol a :class:`~drivers.readers.base.ReaderThread` runs for an RDM6300."""
-    parser = Rdm6300Parser(reader, hold_s=hold_s, clock=clock, accept_rf125=accept_rf125)
+    parser = Rdm6300Parser(reader, hold_s=hold_s, clock=clock, frame=frame)
     return StreamProtocol(parser, driver="rdm6300", default_baud=DEFAULT_BAUD,
                           noise_limit=noise_limit)

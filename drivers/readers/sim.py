@@ -93,7 +93,7 @@ def sim_protocol(fmt: str, reader: str = "", *, hold_s: float = HOLD_S,
                  clock: Clock = time.monotonic) -> StreamProtocol:
     """The protocol that reads a sim of format ``fmt``: the real driver of that format."""
     if fmt in ("rdm6300", "rf125"):
-        proto = rdm6300.rdm6300_protocol(reader, hold_s=hold_s, clock=clock)
+        proto = rdm6300.rdm6300_protocol(reader, hold_s=hold_s, clock=clock, frame=fmt)
     elif fmt in ("hex", "dec"):
         proto = line.line_protocol(reader, number_format=fmt, hold_s=hold_s, clock=clock)
     else:

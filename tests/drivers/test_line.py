@@ -3,10 +3,14 @@ detection, garbage, fuzzing; and the real driver on a pty."""
 
 from __future__ import annotations
 
+import os
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.readers import open_reader
 from drivers.readers.base import ReaderThread
 from drivers.readers.cardid import matches
 from drivers.readers.line import (
@@ -17,7 +21,8 @@ from drivers.readers.line import (
     line_protocol,
     line_to_card,
 )
-from tests.drivers.reader_helpers import ManualClock, PtyPair, Recorder
+from firmware_py.config import ReaderConfig
+from tests.drivers.reader_helpers import ManualClock, PtyPair, Recorder, wait_until
 
 # Every wait below has its own deadline; this bounds a whole test that hangs.
 pytestmark = pytest.mark.timeout(30)
@@ -65,13 +70,13 @@ def test_blank_lines_and_wrappers_are_ignored() -> None:
     ("04:A1:B2:C3:D4:E5:F6", "04A1B2C3D4E5F6"),
     ("04-a1-b2-c3", "04A1B2C3"),
     ("04 A1 B2 C3 D4 E5 F6 07 18 29", "04A1B2C3D4E5F6071829"),
-    ("8EC793", "8EC793"),
 ])
 def test_hex_lines(text: str, card: str) -> None:
     assert hex_line_to_card(text) == card
 
 
-@pytest.mark.parametrize("text", ["14008EC79", "1400", "XYZ", "04::A1B2C3", "00" * 11, ""])
+@pytest.mark.parametrize("text", ["14008EC79", "1400", "XYZ", "04::A1B2C3", "00" * 11, "",
+                                  "8EC793", "00" * 6, "00" * 8, "00" * 9, "A", "0x5"])
 def test_bad_hex_lines_raise_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         hex_line_to_card(text)
@@ -79,10 +84,10 @@ def test_bad_hex_lines_raise_value_error(text: str) -> None:
 
 @pytest.mark.parametrize("text, card", [
     ("0009357203", "008EC793"),       # the 10-digit EM4100 print: low 32 bits, 4 bytes
-    ("9357203", "008EC793"),
     ("4294967295", "FFFFFFFF"),
     ("85908703123", "14008EC793"),    # the whole 40-bit EM4100 number
     ("142,51091", "8EC793"),          # Wiegand-26 facility,card
+    ("00000009357203", "00008EC793"),            # past 10 digits: 5 bytes at least
     ("72057594037927935", "FFFFFFFFFFFFFF"),     # 2**56 - 1: 7 bytes
     ("72057594037927936", "00000100000000000000"),  # 2**56: 10 bytes
 ])
@@ -90,7 +95,9 @@ def test_decimal_lines_convert_as_documented(text: str, card: str) -> None:
     assert dec_line_to_card(text) == card
 
 
-@pytest.mark.parametrize("text", ["", "12a4", "256,1", "1,65536", "-5", "9" * 26])
+@pytest.mark.parametrize("text", ["", "12a4", "256,1", "1,65536", "-5", "9" * 26,
+                                  "5", "00", "9357203", "009357203", "142,5109", "42,51091",
+                                  "1,2"])
 def test_bad_decimal_lines_raise_value_error(text: str) -> None:
     with pytest.raises(ValueError):
         dec_line_to_card(text)
@@ -168,11 +175,12 @@ def test_fuzz_never_raises_and_every_card_is_canonical_hex(data: bytes, fmt: str
         for r in p.feed(data[i:i + chunk]):
             assert r.card_hex == r.card_hex.upper()
             int(r.card_hex, 16)
-            assert len(r.card_hex) % 2 == 0 and 6 <= len(r.card_hex) <= 20
+            assert len(r.card_hex) in (6, 8, 10, 14, 20)
     assert len(p._buf) <= p.max_line
 
 
-ids = st.binary(min_size=3, max_size=10).map(lambda b: b.hex().upper())
+ids = st.sampled_from([4, 5, 7, 10]).flatmap(
+    lambda n: st.binary(min_size=n, max_size=n)).map(lambda b: b.hex().upper())
 
 
 @settings(max_examples=100, deadline=None)
@@ -198,3 +206,71 @@ def test_driver_reads_lines_from_a_pty() -> None:
         assert rec.wait_cards(2) == ["008EC793", "8EC793"]
         assert reader.health()["errors"] == {"garbage": 1}
     pair.close()
+
+
+# -- noise: numbers of no card id's length ----------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, line, card", [
+    ("hex", b"04A1B2C3", "04A1B2C3"),                        # 4-byte UID
+    ("hex", b"14008EC793", "14008EC793"),                    # EM4100
+    ("hex", b"04A1B2C3D4E5F6", "04A1B2C3D4E5F6"),            # 7-byte UID
+    ("hex", b"04A1B2C3D4E5F6071829", "04A1B2C3D4E5F6071829"),  # 10-byte UID
+    ("dec", b"0009357203", "008EC793"),                      # the printed 10-digit form
+    ("dec", b"85908703123", "14008EC793"),                   # the whole 40-bit number
+    ("dec", b"142,51091", "8EC793"),                         # Wiegand-26, facility,card
+    ("auto", b"12345678", "12345678"),                       # 8 digits: only hex has them
+])
+def test_lines_of_card_id_lengths_are_read(fmt: str, line: bytes, card: str) -> None:
+    p = parser(fmt)
+    assert cards(p, line + b"\r\n") == [card]
+    assert p.counters.errors == {}
+
+
+@pytest.mark.parametrize("fmt, line", [
+    ("auto", b"5"), ("dec", b"5"), ("auto", b"0"), ("dec", b"42"), ("dec", b"9357203"),
+    ("auto", b"123456789"), ("dec", b"7,42"), ("hex", b"8EC793"), ("hex", b"0A"),
+    ("hex", b"04A1B2C3D4E5"), ("auto", b"04A1B2C3D4E5F607"), ("hex", b"00" * 9),
+])
+def test_numbers_of_no_card_id_length_are_counted_and_dropped(fmt: str, line: bytes) -> None:
+    p = parser(fmt)
+    valid, card = (b"0009357203", "008EC793") if fmt == "dec" else (b"04A1B2C3D4E5F6",
+                                                                    "04A1B2C3D4E5F6")
+    assert cards(p, line + b"\r\n" + valid + b"\r\n") == [card]
+    assert p.counters.errors == {"bad_length": 1}
+    assert p.counters.bad_frames == 1 and p.counters.noise_bytes == len(line)
+
+
+@pytest.mark.parametrize("fmt", ["auto", "hex", "dec"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_megabyte_of_random_bytes_yields_no_card(fmt: str, seed: int) -> None:
+    # Before lengths were checked, about 2 one-digit "cards" came out of every MB.
+    data = random.Random(seed).randbytes(1 << 20)
+    p = parser(fmt)
+    assert [c for i in range(0, len(data), 4096) for c in cards(p, data[i:i + 4096])] == []
+    assert cards(p, b"\r\n142,51091\r\n" if fmt == "dec" else b"\r\n04A1B2C3\r\n") == [
+        "8EC793" if fmt == "dec" else "04A1B2C3"]
+
+
+def test_driver_reads_no_card_from_a_megabyte_of_noise_on_a_pty() -> None:
+    pair = PtyPair()
+    rec = Recorder()
+    reader = open_reader(ReaderConfig(name="booth", driver="line", port=pair.path), rec.on_card,
+                         rec.on_state, hold_s=0)
+    data = random.Random(0).randbytes(1 << 20)
+    try:
+        rec.wait_state("online")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(pair.master, view[:4096]):]
+        pair.write(b"\r\n0009357203\r\n")      # a valid line after the noise
+        assert rec.wait_cards(1, timeout=30) == ["008EC793"]
+        wait_until(lambda: reader.health()["frames"] == 1, what="the valid line")
+        health = reader.health()
+    finally:
+        reader.stop()
+        pair.close()
+    assert health["reads"] == 1
+    assert health["bad_frames"] == sum(health["errors"].get(k, 0)
+                                       for k in ("garbage", "overlong", "bad_length"))
+    assert 0 < health["noise_bytes"] <= len(data)

@@ -4,6 +4,7 @@ relay on gpiozero's MockFactory, the spy:// trace, and the open_reader factory."
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -21,7 +22,7 @@ from drivers.readers.base import CardRead, ReaderThread
 from drivers.readers.pn532 import Pn532Protocol
 from drivers.readers.rdm6300 import encode_frame, rdm6300_protocol
 from firmware_py.config import ReaderConfig
-from tests.drivers.reader_helpers import PtyPair, Recorder, point, wait_until
+from tests.drivers.reader_helpers import ManualClock, PtyPair, Recorder, point, wait_until
 
 # Every wait below has its own deadline; this bounds a whole test that hangs.
 pytestmark = pytest.mark.timeout(30)
@@ -211,6 +212,65 @@ def test_noise_without_a_relay_is_counted_and_listening_goes_on(ptys: list[PtyPa
         pair.write(WORKED)
         assert rec.wait_cards(1) == ["14008EC793"]
         assert rec.state_names == ["online"]
+
+
+def _noise_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "xunfang.readers" and "only noise" in r.getMessage()]
+
+
+def test_a_noise_flood_logs_at_most_one_warning_a_minute_with_counts(
+        ptys: list[PtyPair], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="xunfang.readers")
+    pair = new_pty(ptys)
+    clock = ManualClock()
+    rec = Recorder()
+
+    def flood(episodes: int, done: int) -> None:
+        # 50 malformed frames (100 bytes) at a time: one "only noise" episode each,
+        # which the unit used to log every time (~24 KB/s of noise, 2 GB a day).
+        for k in range(episodes):
+            pair.write(b"\x02G" * 50)
+            wait_until(lambda k=k: reader.protocol.counters.errors.get("hung") == done + k + 1,
+                       what=f"episode {done + k + 1}")
+
+    with rdm("main", pair.path, rec, clock=clock) as reader:
+        rec.wait_state("online")
+        flood(30, 0)
+        first = _noise_warnings(caplog)
+        assert len(first) == 1                              # one line, not 30
+        clock.advance(30)
+        flood(10, 30)
+        assert len(_noise_warnings(caplog)) == 1            # still within the minute
+        clock.advance(31)
+        flood(20, 40)
+        lines = _noise_warnings(caplog)
+        h = reader.health()
+        pair.write(WORKED)
+        assert rec.wait_cards(1) == ["14008EC793"]          # still listening
+    assert len(lines) == 2
+    assert "main" in lines[0] and pair.path in lines[0] and "50 bad frames" in lines[0]
+    # The next line (episode 41, a minute later) counts all since the first: 40 x 50 frames.
+    assert "2000 bad frames" in lines[1] and "4000 noise bytes" in lines[1], lines[1]
+    assert (h["bad_frames"], h["noise_bytes"]) == (3000, 6000)
+    assert (h["noise_warnings"], h["noise_warnings_dropped"]) == (2, 58)
+    assert h["errors"]["hung"] == 60 and rec.state_names == ["online"]
+
+
+def test_noise_warning_interval_is_configurable(ptys: list[PtyPair],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="xunfang.readers")
+    pair = new_pty(ptys)
+    clock = ManualClock()
+    rec = Recorder()
+    with rdm("main", pair.path, rec, clock=clock, noise_log_every_s=5.0) as reader:
+        rec.wait_state("online")
+        for k in range(4):
+            pair.write(b"\x02G" * 50)
+            wait_until(lambda k=k: reader.protocol.counters.errors.get("hung") == k + 1,
+                       what=f"episode {k + 1}")
+            clock.advance(5)
+    assert len(_noise_warnings(caplog)) == 4
 
 
 def test_spy_url_writes_a_trace_for_field_debugging(tmp_path: Path,

@@ -9,6 +9,7 @@ offline, which must not change anything a patrol member sees.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +23,10 @@ from firmware_py import sim
 from firmware_py.checkin import STATUS_NAME, CheckinPart, read_status, reader_key
 from firmware_py.clock import SystemClock
 from firmware_py.config import UnitConfig
-from firmware_py.exc import JournalWriteFailed
+from firmware_py.exc import JournalError, JournalWriteFailed
 from firmware_py.journal import Event, Journal
 from firmware_py.runtime import UnitContext
-from firmware_py.station import StationComponent
+from firmware_py.station import StationComponent, StationPart
 from tests.support.gpio import changes, global_mock_factory, wait_until
 from tests.support.schemas import validator
 from tests.support.units import make_config
@@ -88,8 +89,7 @@ class Station:
 
     @property
     def part(self) -> CheckinPart:
-        (part,) = self.component.parts
-        assert isinstance(part, CheckinPart)
+        (part,) = [p for p in self.component.parts if isinstance(p, CheckinPart)]
         return part
 
     def events(self, kind: str | None = None) -> list[Event]:
@@ -170,6 +170,24 @@ def test_taps_become_checkins_then_a_visit_with_the_right_signals(
     assert health["state"] == "online" and health["driver"] == "sim"
 
 
+def test_an_auxiliary_and_a_leader_tap_in_with_their_roles(
+        station: Callable[..., Station]) -> None:
+    st = station(patrol={"visit_gap_s": 1})
+    leader, auxiliary = "0000000501", "0000000502"
+    # The list the register import sends: a station leader (police) and an auxiliary.
+    put_cards(st.journal, [*CARDS, {"card": leader, "badge": "LD-1", "role": "police",
+                                    "leader": True},
+                           {"card": auxiliary, "badge": "AU-1", "role": "auxiliary"}], 2)
+    first = st.tap(leader)
+    assert first.data["decision"] == "accepted" and first.data["role"] == "police"
+    second = st.tap(auxiliary)
+    assert second.data["decision"] == "accepted" and second.data["role"] == "auxiliary"
+    visit = st.wait_event(lambda e: e.kind == "visit", "the visit closing")
+    assert visit.data["roles"] == {"police": 1, "auxiliary": 1}
+    assert visit.data["two_person"] and not visit.data["police_led"]
+    _validated(st.events())
+
+
 def test_green_shows_only_after_the_commit_returned(station: Callable[..., Station]) -> None:
     st = station()
     green = st.factory.pin(OK_LED)
@@ -244,6 +262,20 @@ def test_reader_unplug_and_replug_reach_the_journal(station: Callable[..., Stati
     _validated(st.events("reader"))
 
 
+def test_reader_noise_counts_reach_the_health_object(station: Callable[..., Station],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CheckinPart, "health_every_s", 0.2)
+    st = station()
+    st.part.readers["main"].sim.write(b"\x02G" * 120)   # type: ignore[attr-defined]
+    health = wait_until(lambda: (h := st.journal.state_get(reader_key("main")))
+                        and h.get("bad_frames") == 120 and h, 10)
+    # 120 malformed frames are one to two "only noise" episodes (as reads happen to
+    # split them): the first is logged, a second within the minute is not.
+    assert health["noise_bytes"] == 240 and health["noise_warnings"] == 1
+    assert health["noise_warnings_dropped"] == health["errors"]["hung"] - 1
+    assert st.tap(PO1).data["decision"] == "accepted"      # the reader still reads
+
+
 def test_duty_at_a_kiosk_toggles_with_handover(station: Callable[..., Station],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(CheckinPart, "reader_defaults", {"hold_s": 0.0})
@@ -273,3 +305,65 @@ def test_a_restarted_station_keeps_the_open_visit(tmp_path: Path) -> None:
             assert second.part.feedback is not None   # no pins configured: no outputs, no error
         finally:
             second.stop()
+
+
+def test_a_journal_rebuilt_by_another_process_takes_the_next_tap_with_green(
+        station: Callable[..., Station]) -> None:
+    st = station()
+    for i in range(1, 1501):
+        st.journal.append("alarm", {"source": "test", "state": "active", "mark": f"M{i:06d}",
+                                    "pad": "x" * 150})
+    st.journal.checkpoint()
+    path = st.config.journal_path
+    raw = path.read_bytes()
+    page = raw.index(b"M000800") // 4096
+    with open(path, "r+b") as f:    # a rotten page in the middle of the file
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    # The uplink (another connection, as another process) reads across it and rebuilds.
+    uplink = Journal(path, unit=st.config.unit.id, site=st.config.unit.site)
+    try:
+        uplink.events_after(0, limit=5000)
+        assert uplink.journal_id != st.journal.journal_id
+        t0 = time.monotonic()
+        checkin = st.tap(PO1)
+        assert checkin.journal == uplink.journal_id        # in the new journal, not aside
+        assert st.signal_after(0) == "alone"
+        assert changes(st.factory.pin(OK_LED), since=t0)  # green
+        assert st.journal.journal_id == uplink.journal_id
+        status = wait_until(lambda: (s := read_status(st.config.unit.runtime_dir))
+                            and s["journal"]["rebuilt"] and s)
+        assert status["journal"]["id"] == uplink.journal_id
+        assert status["journal"]["rebuilt"]["moved_to"].startswith("journal.db.corrupt-")
+        assert uplink.event(checkin.seq) is not None
+    finally:
+        uplink.close()
+
+
+class _FailsToOpenOnce(StationPart):
+    """A part whose first open() fails (its state unreadable, say), ahead of the readers."""
+
+    name = "flaky"
+    opens = 0
+
+    def open(self) -> None:
+        type(self).opens += 1
+        if type(self).opens == 1:
+            raise JournalError("journal journal.db: disk I/O error")
+
+
+def test_a_part_that_cannot_open_does_not_keep_the_readers_closed(
+        station: Callable[..., Station], monkeypatch: pytest.MonkeyPatch) -> None:
+    import firmware_py.station as station_mod
+
+    real_build = station_mod.build_parts
+    monkeypatch.setattr(station_mod, "build_parts",
+                        lambda ctx: [_FailsToOpenOnce(ctx), *real_build(ctx)])
+    monkeypatch.setattr(StationComponent, "reopen_s", 0.2, raising=False)
+    monkeypatch.setattr(_FailsToOpenOnce, "opens", 0)
+    st = station()                      # waits for the reader to come online
+    assert st.tap(PO1).data["decision"] == "accepted"
+    assert st.signal_after(0) == "alone"
+    wait_until(lambda: [p.name for p in st.component.parts] == ["flaky", "checkin"], 5)
+    assert st.component.health()["parts_not_open"] == []
+    assert st.component.failures == 0

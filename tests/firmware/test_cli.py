@@ -80,3 +80,13 @@ def test_tail_without_a_journal_says_so(tmp_path: Path) -> None:
     cfg = write_unit_config(tmp_path / "unit.toml", tmp_path / "data")
     proc = _xunfang("journal", "tail", "-c", str(cfg), "--no-follow")
     assert proc.returncode == 1 and "no journal at" in proc.stderr
+
+
+def test_run_that_cannot_make_its_data_dir_says_so_without_a_traceback(tmp_path: Path) -> None:
+    # /proc takes no new folders, even from root: a data_dir the unit cannot create.
+    cfg = write_unit_config(tmp_path / "unit.toml", Path("/proc/xunfang/data"),
+                            unit={"runtime_dir": str(tmp_path / "run")})
+    proc = _xunfang("run", "-c", str(cfg), "station", timeout=30)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "cannot start: [Errno 2] No such file or directory: '/proc/xunfang'" in proc.stderr

@@ -389,6 +389,16 @@ def _bad_role(rig: Rig) -> tuple[str, bytes | dict[str, Any]]:
         {"card": "14008EC793", "badge": "A1", "role": "chief"}]})).encode()
 
 
+def _leader_not_police(rig: Rig) -> tuple[str, bytes | dict[str, Any]]:
+    return site_topic("cards"), json.dumps(rig.sign("cards", {"version": 2, "cards": [
+        {"card": "14008EC793", "badge": "A1", "role": "auxiliary", "leader": True}]})).encode()
+
+
+def _leader_not_bool(rig: Rig) -> tuple[str, bytes | dict[str, Any]]:
+    return site_topic("cards"), json.dumps(rig.sign("cards", {"version": 2, "cards": [
+        {"card": "14008EC793", "badge": "P1", "role": "police", "leader": "yes"}]})).encode()
+
+
 def _unknown_camera(rig: Rig) -> tuple[str, bytes | dict[str, Any]]:
     return CMD, rig.sign("snapshot", {"camera": "back"}, ttl_s=300)
 
@@ -433,6 +443,8 @@ REJECTIONS: dict[str, tuple[Callable[[Rig], tuple[str, bytes | dict[str, Any]]],
     "lower-case card id": (_bad_card, "bad_args"),
     "card listed twice": (_duplicate_card, "bad_args"),
     "unknown role": (_bad_role, "bad_args"),
+    "a leader who is not police": (_leader_not_police, "bad_args"),
+    "leader not true or false": (_leader_not_bool, "bad_args"),
     "unknown camera": (_unknown_camera, "bad_args"),
     "clip too long": (_clip_too_long, "bad_args"),
 }
@@ -727,6 +739,32 @@ def test_card_list_applies_and_status_reports_its_version(rig: Rig) -> None:
     mine = rig.sign("cards", {"version": 8, "cards": cards[:1]}, units=[UNIT])
     assert rig.send(unit_topic("cards"), mine).applied
     assert rig.proc.status_fields()["cards_version"] == 8
+
+
+def test_a_card_list_with_auxiliaries_and_a_leader_applies(rig: Rig) -> None:
+    cards = [
+        {"card": "14008EC793", "badge": "P-001", "role": "police", "leader": True},
+        {"card": "dec:0000001111", "badge": "A-7", "role": "auxiliary"},
+        {"card": "w26:1,2222", "badge": "P-017", "role": "police", "leader": False},
+    ]
+    env = rig.sign("cards", {"version": 3, "cards": cards}, ttl_s=365 * DAY)
+    assert rig.send(site_topic("cards"), env).applied
+    held = desired.current_cards(rig.journal)
+    assert held is not None and held["version"] == 3
+    assert find_card(held, "14008EC793") == cards[0]
+    assert find_card(held, f"{1111:010X}")["role"] == "auxiliary"
+    assert rig.proc.status_fields()["cards_version"] == 3
+
+
+def test_a_leader_who_is_not_police_is_rejected_with_the_entry_named(rig: Rig) -> None:
+    cards = [{"card": "14008EC793", "badge": "P-001", "role": "police", "leader": True},
+             {"card": "0000000002", "badge": "V-2", "role": "village", "leader": True}]
+    env = rig.sign("cards", {"version": 4, "cards": cards})
+    before = rig.snapshot()
+    out = rig.send(site_topic("cards"), json.dumps(env).encode())
+    data = assert_rejected(rig, out, "bad_args", before)
+    assert "cards[1]" in data["detail"] and "leader must be police" in data["detail"]
+    assert desired.current_cards(rig.journal) is None
 
 
 def test_card_matching_forms() -> None:

@@ -348,8 +348,156 @@ def test_a_corrupt_journal_is_moved_aside_and_a_new_one_started(tmp_path: Path) 
     with j:
         assert aside is not None and aside.name.startswith("journal.db.corrupt-")
         assert aside.exists(), "the damaged file is kept for forensics"
-        assert j.journal_id != old_id and j.last_seq() == 0
+        assert j.journal_id != old_id
+        (rebuilt,) = j.events_after(0)          # nothing could be read: it says so
+        assert rebuilt.kind == "unit" and rebuilt.data["state"] == "journal_rebuilt"
+        assert rebuilt.data["moved_to"] == aside.name and rebuilt.data["salvaged"] == 0
+        validate("events/unit", rebuilt.data)
         assert j.append("reader", {}).id.startswith(f"{UNIT}:{j.journal_id}:")
     again, none = Journal.open_or_recover(path, unit=UNIT, site=SITE)
     with again:
-        assert none is None and again.last_seq() == 1
+        assert none is None and again.last_seq() == 2
+
+
+# -- damage found while running or at start: salvage into a new journal -------------------
+
+
+def _written_journal(path: Path, events: int = 3000, acked: int = 1000) -> str:
+    """A journal as the unit writes it: alarms with a findable marker each, an ack, a
+    state key, an inbox entry; checkpointed into the main file (a clean stop)."""
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        for i in range(1, events + 1):
+            j.append("alarm", {"source": "test", "state": "active", "mark": f"M{i:06d}",
+                               "pad": "x" * 150})
+        j.mark_acked(acked)
+        j.state_set("level", {"level": 2, "by": "centre"})
+        j.inbox_put("cmd-1", "lights.test", {"seconds": 5})
+        j.checkpoint()
+        return j.journal_id
+
+
+def _rot_page_with(path: Path, seq: int) -> set[int]:
+    """Overwrite the 4 KiB page holding event ``seq`` with garbage, as a dying SD card
+    does; return the events that page held."""
+    raw = path.read_bytes()
+    page = raw.index(f"M{seq:06d}".encode()) // 4096
+    held = {int(m) for m in __import__("re").findall(
+        rb"M(\d{6})", raw[page * 4096:(page + 1) * 4096])}
+    with open(path, "r+b") as f:
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    return held
+
+
+def _check_salvage(j: Journal, old_id: str, lost: set[int], aside: Path) -> None:
+    events = {e.seq: e for e in j.events_after(0, limit=10_000)}
+    rebuilt = next(e for e in events.values() if e.kind == "unit")
+    assert rebuilt.data["state"] == "journal_rebuilt"
+    assert rebuilt.data["previous_journal"] == old_id and rebuilt.data["moved_to"] == aside.name
+    assert rebuilt.data["salvaged"] == 2000 - len(lost) and rebuilt.data["lost"] == len(lost)
+    assert rebuilt.data["acked_seq"] == 1000 and rebuilt.data["last_seq"] == 3000
+    assert rebuilt.data["salvaged_inbox"] == 1 and rebuilt.data["salvaged_state"] >= 1
+    validate("events/unit", rebuilt.data)
+    # Every unacknowledged event that could be read, with its own sequence number.
+    alarms = {s: e for s, e in events.items() if e.kind == "alarm"}
+    assert set(alarms) == set(range(1001, 3001)) - lost
+    assert all(e.data["mark"] == f"M{s:06d}" for s, e in alarms.items())
+    assert alarms[1001].data["salvaged_from"] == f"{UNIT}:{old_id}:1001"
+    assert rebuilt.seq == 3001 and j.acked_seq() == 1000 and j.first_seq() == 1001
+    assert j.state_get("level") == {"level": 2, "by": "centre"}
+    assert [e.command_id for e in j.inbox_after(0)] == ["cmd-1"]
+    new_entry = j.inbox_put("cmd-2", "lights.test", {"seconds": 1})
+    assert new_entry is not None and new_entry.n == 2        # the inbox numbers go on too
+    assert j.rebuilt is not None and j.rebuilt["lost"] == len(lost)
+    assert aside.exists(), "the damaged file is kept for the centre to fetch"
+
+
+def test_a_rotten_page_is_found_at_start_and_what_is_readable_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    old_id = _written_journal(path)
+    lost = _rot_page_with(path, 2000)
+    assert lost and min(lost) > 1000
+    # It opens: only the check finds it.
+    with Journal(path, unit=UNIT, site=SITE) as plain:
+        assert plain.quick_check() is not None
+    j, aside = Journal.open_or_recover(path, unit=UNIT, site=SITE,
+                                       context={"component": "station"})
+    with j:
+        assert aside is not None and j.journal_id != old_id
+        _check_salvage(j, old_id, lost, aside)
+        assert j.append("reader", {}).seq == 3002      # numbers go on, never reused
+    again, none = Journal.open_or_recover(path, unit=UNIT, site=SITE)
+    with again:
+        assert none is None and again.quick_check() is None
+
+
+def test_a_statement_that_finds_damage_rebuilds_and_other_users_follow(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    old_id = _written_journal(path)
+    reader = Journal(path, unit=UNIT, site=SITE)      # e.g. the uplink
+    writer = Journal(path, unit=UNIT, site=SITE)      # e.g. the station
+    try:
+        lost = _rot_page_with(path, 2000)
+        writer.append("reader", {"n": 1})             # lands after the page: still works
+        # The next read crosses the rotten page: the journal is rebuilt under the call,
+        # which is answered from the new journal.
+        rows = reader.events_after(1000, limit=5000)
+        aside = next(tmp_path.glob("journal.db.corrupt-*[!lmh]"))
+        assert reader.journal_id != old_id
+        assert [e.seq for e in rows if e.kind == "alarm"] == sorted(
+            set(range(1001, 3001)) - lost)
+        assert any(e.kind == "reader" and e.seq == 3001 for e in rows), "the later write too"
+        # The other connection still has the old file open: its next write goes to the
+        # new journal, not into the file moved aside.
+        event = writer.append("checkin", {"card": "14008EC793"})
+        assert writer.journal_id == reader.journal_id and event.seq == 3003
+        assert reader.event(3003) is not None
+        unit = [e for e in reader.events_after(0, limit=10_000) if e.kind == "unit"]
+        assert len(unit) == 1 and unit[0].data["lost"] == len(lost)
+        assert unit[0].data["moved_to"] == aside.name
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_a_full_disk_is_not_taken_for_damage(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    _written_journal(path, events=10, acked=0)
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+    io = sqlite3.OperationalError("disk I/O error")
+    io.sqlite_errorcode = 4874  # type: ignore[attr-defined]  # SQLITE_IOERR_SHMSIZE
+    malformed = sqlite3.DatabaseError("database disk image is malformed")
+    malformed.sqlite_errorcode = sqlite3.SQLITE_CORRUPT  # type: ignore[attr-defined]
+    from firmware_py.journal import is_corruption
+    assert not is_corruption(full) and not is_corruption(io)
+    assert is_corruption(malformed)
+    wrapped = JournalWriteFailed("cannot append")
+    wrapped.__cause__ = malformed
+    assert is_corruption(wrapped)
+
+
+def test_a_rotten_page_among_the_state_keys_loses_only_that_page(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with Journal(path, unit=UNIT, site=SITE) as j:
+        for i in range(400):
+            j.state_set(f"k/{i:04d}", {"mark": f"S{i:04d}", "pad": "y" * 200})
+        j.append("reader", {})
+        j.checkpoint()
+    raw = path.read_bytes()
+    page = raw.index(b"S0200") // 4096
+    on_page = {int(m) for m in __import__("re").findall(rb"S(\d{4})",
+                                                        raw[page * 4096:(page + 1) * 4096])}
+    with open(path, "r+b") as f:
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    j, aside = Journal.open_or_recover(path, unit=UNIT, site=SITE)
+    with j:
+        assert aside is not None
+        kept = {int(k[2:]) for k in j.state_items("k/")}
+        # Everything before the page (read forwards) and after it (read backwards).
+        assert kept == set(range(400)) - on_page
+        (rebuilt,) = [e for e in j.events_after(0) if e.kind == "unit"]
+        assert rebuilt.data["state_lost"] is True
+        assert rebuilt.data["salvaged_state"] == 400 - len(on_page)
+        assert [e.kind for e in j.events_after(0)] == ["reader", "unit"]

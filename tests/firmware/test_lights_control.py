@@ -54,8 +54,11 @@ from firmware_py.runtime import UnitContext
 from firmware_py.signing import SigningKey
 from firmware_py.station import StationComponent, build_parts
 from tests.support import schemas
+from tests.support.brokers import Mosquitto
+from tests.support.daemon import Daemon
 from tests.support.gpio import changes, global_mock_factory, wait_until
 from tests.support.units import make_config, write_unit_config
+from tests.support.uplink import Watcher
 
 SITE, UNIT = "zhuantang", "zt-pp-03"
 TZ = ZoneInfo("Asia/Shanghai")
@@ -326,8 +329,10 @@ def test_the_schedule_lights_the_warning_light_at_night_not_at_noon(rig: Rig) ->
     rig.start()
     rig.tick()
     assert rig.events() == [
-        {"light": "warning", "mode": "off", "reason": "schedule", "previous": None},
-        {"light": "lightbox", "mode": "off", "reason": "schedule", "previous": None},
+        {"light": "warning", "mode": "off", "reason": "schedule", "previous": None,
+         "start": True},
+        {"light": "lightbox", "mode": "off", "reason": "schedule", "previous": None,
+         "start": True},
     ]
     assert rig.factory.pin(5).state is False and rig.factory.pin(13).state is True  # active-low
     rig.clock.advance(11 * HOUR)                                  # 23:00
@@ -402,22 +407,35 @@ def test_level_expiry_across_a_restart_falls_back_with_an_event(rig: Rig) -> Non
     rig.restart(advance_s=2 * HOUR)                               # 14:00, level ended
     rig.tick()
     assert rig.events(after=before) == [
-        {"light": "warning", "mode": "off", "reason": "schedule", "previous": "strobe"},
-        {"light": "lightbox", "mode": "off", "reason": "schedule", "previous": "strobe"},
+        {"light": "warning", "mode": "off", "reason": "schedule", "previous": "strobe",
+         "start": True},
+        {"light": "lightbox", "mode": "off", "reason": "schedule", "previous": "strobe",
+         "start": True},
     ]
 
 
-def test_a_level_in_force_survives_a_restart_without_a_new_event(rig: Rig) -> None:
+def test_a_restart_journals_what_each_light_shows_even_when_unchanged(rig: Rig) -> None:
     rig.start()
     rig.level(1, ttl_s=6 * HOUR)
     rig.tick()
     before = rig.journal.last_seq()
     rig.restart(advance_s=60)
     rig.tick()
+    rig.tick()
+    # The centre learns the light is still strobing (and why) from the restarted unit.
     assert rig.shown("warning") == ("strobe", "level")
-    assert rig.events(after=before) == []
+    assert rig.events(after=before) == [
+        {"light": "warning", "mode": "strobe", "reason": "level", "previous": "strobe",
+         "start": True},
+        {"light": "lightbox", "mode": "strobe", "reason": "level", "previous": "strobe",
+         "start": True},
+    ]
     assert rig.part is not None and rig.part.lights["warning"] is not None
     assert rig.part.lights["warning"].mode == "strobe"            # the pins show it again
+    after_start = rig.journal.last_seq()
+    rig.clock.advance(60)
+    rig.tick()
+    assert rig.events(after=after_start) == []                    # once per start, not per turn
 
 
 def test_an_override_beats_the_level_for_the_lights_it_names_until_it_expires(rig: Rig) -> None:
@@ -435,8 +453,10 @@ def test_an_override_beats_the_level_for_the_lights_it_names_until_it_expires(ri
     rig.restart(advance_s=HOUR + 60)                              # override over, level not
     rig.tick()
     assert rig.events(after=before) == [
-        {"light": "warning", "mode": "strobe", "reason": "level", "previous": "off"},
-        {"light": "lightbox", "mode": "strobe", "reason": "level", "previous": "off"},
+        {"light": "warning", "mode": "strobe", "reason": "level", "previous": "off",
+         "start": True},
+        {"light": "lightbox", "mode": "strobe", "reason": "level", "previous": "off",
+         "start": True},
     ]
 
 
@@ -536,18 +556,35 @@ def test_pins_that_fail_to_open_are_reported_and_tried_again(rig: Rig,
     squatter = DigitalOutputDevice(13, pin_factory=rig.factory)
     part = rig.start(retry_s=10.0)
     rig.tick(1000.0)
+    # A light that cannot show anything is not reported as showing a mode: not in its
+    # event, not in the state health and the birth status read.
     state = rig.journal.state_get(device_key("lightbox"))
-    assert state["state"] == "error" and "GPIO13" in state["detail"]
-    assert state["mode"] == "off" and rig.shown("warning") == ("off", "schedule")
+    assert state["state"] == "error" and state["mode"] == "error" and "GPIO13" in state["detail"]
+    assert (state["reason"], state["wanted"], state["wanted_reason"]) == \
+        ("error", "off", "schedule")
+    (event,) = [e for e in rig.events() if e["light"] == "lightbox"]
+    assert event == {"light": "lightbox", "mode": "error", "reason": "error",
+                     "detail": state["detail"], "wanted": "off", "wanted_reason": "schedule",
+                     "previous": None, "start": True}
+    assert rig.shown("warning") == ("off", "schedule")
     assert "light lightbox: cannot open GPIO13" in caplog.text
-    assert part.health()["lightbox"]["state"] == "error"
+    assert "light lightbox: off (schedule)" not in caplog.text
+    health = part.health()["lightbox"]
+    assert (health["state"], health["mode"], health["reason"]) == ("error", "error", "error")
+    rig.clock.advance(11 * HOUR)                                  # 23:00: the box is wanted on
+    rig.tick(1002.0)
+    state = rig.journal.state_get(device_key("lightbox"))
+    assert (state["mode"], state["wanted"]) == ("error", "on")
+    assert [e["mode"] for e in rig.events() if e["light"] == "lightbox"] == ["error"]
     squatter.close()
     rig.tick(1005.0)                                              # not yet
     assert part.lights["lightbox"] is None
     rig.tick(1010.0)
     assert part.lights["lightbox"] is not None
-    assert rig.journal.state_get(device_key("lightbox"))["state"] == "off"
-    assert part.health()["lightbox"] == {"state": "off", "mode": "off", "reason": "schedule"}
+    assert rig.journal.state_get(device_key("lightbox"))["state"] == "on"
+    assert part.health()["lightbox"] == {"state": "on", "mode": "on", "reason": "schedule"}
+    assert [e for e in rig.events() if e["light"] == "lightbox"][-1] == \
+        {"light": "lightbox", "mode": "on", "reason": "schedule", "previous": "error"}
 
 
 def test_the_part_holds_the_lights_lock_and_waits_while_a_check_holds_it(rig: Rig) -> None:
@@ -700,3 +737,58 @@ def test_xunfang_check_lights_on_mock_pins(tmp_path: Path, monkeypatch: pytest.M
         if Device.pin_factory is not None:
             Device.pin_factory.close()
         Device.pin_factory = before
+
+
+# -- as a new user runs it: no GPIO, no mock pins ---------------------------------------------
+
+
+def _lights_events(journal_path: Path) -> list[dict[str, Any]]:
+    if not journal_path.exists():
+        return []
+    with Journal(journal_path, unit=UNIT, site=SITE) as journal:
+        return [e.data for e in journal.events_after(0, kinds=["lights"])]
+
+
+def test_lights_that_cannot_open_their_pins_say_error_in_events_health_and_birth(
+        tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real daemon with gpiozero's default pin factory on a machine without GPIO
+    (``GPIOZERO_PIN_FACTORY`` unset), stopped and started again."""
+    monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
+    data = tmp_path / "data"
+    config = write_unit_config(tmp_path / "unit.toml", data,
+                               mqtt={"port": mosquitto.port, "health_interval_s": 5},
+                               lights={"warning": {"pins": [5, 6], "schedule": "always"}})
+    station = Daemon(config, tmp_path / "station.log", ("station",))
+    station.start()
+    try:
+        wait_until(lambda: _lights_events(data / "journal.db"), timeout=20, step=0.2)
+    finally:
+        station.stop()
+        print(f"--- station log ---\n{station.text()[-5000:]}")
+    watcher = Watcher(mosquitto.probe(None, client_id="watch"))
+    unit = Daemon(config, tmp_path / "unit.log", ("station", "uplink"))
+    unit.start()
+    try:
+        birth = watcher.wait_status(True, timeout=20)
+        assert birth.doc["lights"] == {"warning": "error"}
+        events = watcher.wait_events(
+            lambda evs: len([e for e in evs if e["kind"] == "lights"]) >= 2, 20,
+            "a lights event from each start")
+        health = wait_until(lambda: [s.doc for s in watcher.on("health")
+                                     if s.doc["lights"]["warning"]["state"] != "unknown"],
+                            timeout=20)[-1]
+    finally:
+        unit.stop()
+        print(f"--- unit log ---\n{unit.text()[-5000:]}")
+    lights = [e["data"] for e in events if e["kind"] == "lights"]
+    for event in lights:
+        # Never "alternate" as if it were showing: what it would show is only "wanted".
+        assert (event["mode"], event["reason"]) == ("error", "error"), event
+        assert event["wanted"] == "alternate" and event["wanted_reason"] == "schedule"
+        assert "cannot open GPIO5/6" in event["detail"] and event["start"] is True
+    warning = health["lights"]["warning"]
+    assert (warning["state"], warning["mode"], warning["reason"]) == ("error", "error", "error")
+    assert "cannot open GPIO5/6" in warning["detail"]
+    assert "light warning: alternate" not in station.text() + unit.text()
+    assert "no GPIO on this machine? GPIOZERO_PIN_FACTORY=mock runs the unit without it" in \
+        station.text()

@@ -55,6 +55,13 @@ CARDS = {"version": 3, "cards": [
     {"card": "0000000005", "badge": "NEW", "role": "patrol",
      "valid_from": "2027-06-01T00:00:00Z"},
 ]}
+#: The list with an auxiliary (协警) and a station leader (所领导), as the register sends it.
+WITH_AUXILIARY = {"version": 4, "cards": [
+    *CARDS["cards"],
+    {"card": "0000000006", "badge": "AU-1", "role": "auxiliary"},
+    {"card": "0000000007", "badge": "LD-1", "role": "police", "leader": True},
+]}
+AU1, LD1 = "0000000006", "0000000007"
 PO1, PA1, VI1 = "14008EC793", f"{1111:010X}", f"{(1 << 16) | 2222:010X}"
 PA2, PA2B, PO2, OLD, NEW, STRANGER = ("0000000001", "0000000002", "0000000003", "0000000004",
                                       "0000000005", "AABBCCDDEE")
@@ -252,6 +259,35 @@ def test_police_led_needs_a_police_card_countersigned_by_a_patrol_or_village_car
     assert visit["police_led"] is police_led
     assert visit["two_person"] is (len(cards) >= 2)
     assert visit["window"] == "night"
+
+
+def test_an_auxiliary_is_carried_in_checkins_and_counted_in_the_visits_roles() -> None:
+    p = Point(clock_at("2026-11-28 20:10"), cards=WITH_AUXILIARY)
+    decision, signal, checkin = p.tap(AU1)
+    assert (decision, signal) == (ACCEPTED, "alone")
+    assert checkin["role"] == "auxiliary" and checkin["badge"] == "AU-1"
+    p.run(5)
+    assert p.tap(VI1)[1] == "recorded"
+    (visit,) = p.run(60)
+    assert visit["roles"] == {"auxiliary": 1, "village": 1}
+    assert visit["people"] == 2 and visit["two_person"] and not visit["police_led"]
+
+
+@pytest.mark.parametrize(("cards", "police_led"), [
+    ([PO1, AU1], False),         # an auxiliary does not countersign
+    ([AU1, PA1], False),         # nor lead
+    ([PO1, AU1, PA1], True),     # police countersigned by a patrol guard, auxiliary along
+    ([LD1, VI1], True),          # a leader is police
+])
+def test_police_led_stays_keyed_on_police_with_auxiliaries_and_leaders(
+        cards: list[str], police_led: bool) -> None:
+    p = Point(clock_at("2026-11-28 23:30"), cards=WITH_AUXILIARY)
+    for card in cards:
+        assert p.tap(card)[0] == ACCEPTED
+        p.run(5)
+    (visit,) = p.run(60)
+    assert visit["police_led"] is police_led
+    assert sum(visit["roles"].values()) == len(cards)
 
 
 def test_min_people_sets_what_a_round_needs() -> None:
@@ -462,9 +498,10 @@ class Post:
         self.cfg = DutySection.model_validate({"handover_gap_s": 600, "repeat_s": 10, **duty})
         self.store = Store()
         self.logic = DutyPost(self.cfg)
+        self.cards: dict[str, Any] = CARDS
 
     def tap(self, card: str) -> tuple[str, str, list[dict[str, Any]]]:
-        check = check_card(CARDS, card, view(self.clock))
+        check = check_card(self.cards, card, view(self.clock))
         out = self.logic.tap(card, "main", check, Instant.now(self.clock))
         return out.decision, out.signal, self.store.apply(self.logic, out.steps)
 
@@ -489,6 +526,14 @@ def test_a_tap_toggles_duty_and_the_event_lists_who_is_on_duty() -> None:
     assert local(duty["on_since"]) == "2026-11-28 08:00"
     assert k.tap(STRANGER)[:2] == (UNKNOWN, "rejected")
     assert k.store.state["duty/on"].keys() == {"VI-1"}
+
+
+def test_an_auxiliary_goes_on_duty_with_the_role_in_the_duty_event() -> None:
+    k = Post(clock_at("2026-11-28 08:00"))
+    k.cards = WITH_AUXILIARY
+    _, _, (checkin, duty) = k.tap(AU1)
+    assert checkin["role"] == "auxiliary" and duty["role"] == "auxiliary"
+    assert duty["state"] == "on" and duty["on_duty"] == ["AU-1"]
 
 
 def test_off_then_on_within_the_gap_is_a_handover() -> None:

@@ -3,7 +3,11 @@ pings withheld while a loop hangs, failed loops restarted, clean SIGTERM stop.""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,11 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from firmware_py import sim, topics
 from firmware_py.clock import ManualClock
-from firmware_py.config import UnitConfig
+from firmware_py.config import UnitConfig, load_config
 from firmware_py.journal import Journal
 from firmware_py.runtime import Component, Notifier, Runtime, UnitContext
+from firmware_py.signing import SigningKey
+from firmware_py.statusfile import read_status
+from tests.support.brokers import Mosquitto
+from tests.support.daemon import Daemon
+from tests.support.gpio import changes, global_mock_factory
 from tests.support.units import make_config, write_unit_config
+from tests.support.uplink import SITE, UNIT, Watcher, wait_until
 
 
 class NotifyListener:
@@ -248,3 +259,202 @@ def test_a_bad_config_never_starts_a_daemon(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unit.id: must match" in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+# -- a damaged journal at start: a real ``xunfang run`` rebuilds it and takes taps ----------
+
+PO1, PA1 = "14008EC793", "0000000457"
+
+
+def _rot_page(path: Path, seq: int | None) -> set[int]:
+    """Overwrite with garbage the 4 KiB page holding alarm ``seq`` (None: the first page,
+    the file's header); return the alarms that page held."""
+    raw = path.read_bytes()
+    page = 0 if seq is None else raw.index(f"M{seq:06d}".encode()) // 4096
+    held = {int(m) for m in re.findall(rb"M(\d{6})", raw[page * 4096:(page + 1) * 4096])}
+    with open(path, "r+b") as f:
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    return held
+
+
+@pytest.mark.parametrize("page", ["middle", "first"])
+def test_a_rotten_journal_page_is_rebuilt_at_start_and_the_unit_takes_taps(
+        tmp_path: Path, mosquitto: Mosquitto, page: str) -> None:
+    key = SigningKey.generate("centre-test")
+    cfg_path = write_unit_config(
+        tmp_path / "unit.toml", tmp_path / "data",
+        mqtt={"host": "127.0.0.1", "port": mosquitto.port, "health_interval_s": 5},
+        security={"command_keys": {"centre-test": key.public_b64()}},
+        readers=[{"name": "main", "driver": "sim", "port": "sim"}],
+        feedback={"ok_led": 17, "error_led": 27, "buzzer": 22})
+    cfg = load_config(cfg_path)
+    cards = {"version": 3, "cards": [{"card": PO1, "badge": "PO-1", "role": "police"},
+                                     {"card": PA1, "badge": "PA-1", "role": "patrol"}]}
+    centre = mosquitto.probe(None, client_id="centre")
+    assert not centre.publish(topics.desired(SITE, "_all", "cards"), json.dumps(
+        key.sign_envelope("cards", cards, site=SITE, units=["*"], ttl_s=3600)),
+        retain=True).is_failure
+    # The unit's journal as it ran before: 1,500 events, the first 500 acknowledged.
+    with Journal(cfg.journal_path, unit=UNIT, site=SITE) as j:
+        for i in range(1, 1501):
+            j.append("alarm", {"source": "test", "state": "active", "mark": f"M{i:06d}",
+                               "pad": "x" * 150})
+        j.mark_acked(500)
+        old_id = j.journal_id
+        j.checkpoint()
+    lost = _rot_page(cfg.journal_path, 1000 if page == "middle" else None)
+    watcher = Watcher(mosquitto.probe(None, client_id="watch"))
+    unit = Daemon(cfg_path, tmp_path / "unit.log", env={"GPIOZERO_PIN_FACTORY": "mock"})
+    unit.start()
+    try:
+        runtime_dir = cfg.unit.runtime_dir
+        wait_until(lambda: (s := read_status(runtime_dir)) and
+                   s["readers"].get("main", {}).get("state") == "online", 30, "the reader online")
+        with Journal(cfg.journal_path, unit=UNIT, site=SITE) as j:
+            assert j.journal_id != old_id
+            # The card list: salvaged, or (header lost) from the centre's retained document.
+            wait_until(lambda: j.state_get("cards"), 30, "the card list in force")
+        tapped = sim.tap(cfg, PO1, wait_s=20)
+        assert tapped.event is not None and tapped.event.data["decision"] == "accepted"
+        status = wait_until(lambda: (s := read_status(runtime_dir)) and s["last_tap"] and s,
+                            10, "the tap in the status file")
+        assert status["last_tap"]["signal"] == "alone"       # on disk: green
+        assert status["journal"]["state"] == "ok" and status["journal"]["id"] != old_id
+        moved_to = status["journal"]["rebuilt"]["moved_to"]
+        assert moved_to.startswith("journal.db.corrupt-")
+        assert (cfg.unit.data_dir / moved_to).exists()
+        health = wait_until(lambda: [s.doc for s in watcher.on("health")
+                                     if (s.doc.get("journal") or {}).get("rebuilt")
+                                     and s.doc.get("station")],
+                            30, "health reporting the rebuild")[-1]
+        assert health["journal"]["rebuilt"]["moved_to"] == moved_to
+        assert health["station"]["journal"]["state"] == "ok"
+        with Journal(cfg.journal_path, unit=UNIT, site=SITE) as j:
+            events = j.events_after(0, limit=5000)
+        (rebuilt,) = [e for e in events if e.kind == "unit" and e.data["state"] ==
+                      "journal_rebuilt"]
+        assert rebuilt.data["moved_to"] == moved_to
+        alarms = {e.seq for e in events if e.kind == "alarm"}
+        if page == "middle":
+            # Every unacknowledged event but those on the rotten page, as they were numbered.
+            assert alarms == set(range(501, 1501)) - lost
+            assert rebuilt.data["salvaged"] == 1000 - len(lost)
+            assert rebuilt.data["lost"] == len(lost) and rebuilt.data["previous_journal"] == old_id
+            assert tapped.event.seq > 1500
+        else:
+            assert alarms == set() and rebuilt.data["salvaged"] == 0
+        # The centre hears of the new journal and gets its events.
+        watcher.wait_events(lambda evs: any(e["kind"] == "checkin" and e["journal"] ==
+                                            tapped.event.journal for e in evs), 30,
+                            "the tap on the wire")
+        assert unit.stop() == 0
+    finally:
+        unit.stop()
+        print(f"--- unit log ---\n{unit.text()[-8000:]}")
+    assert "Traceback" not in unit.text()
+
+
+# -- a full disk at boot: the unit starts, shows the fault, recovers by itself ---------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB ext4 file system on a loop device (4 KiB blocks, as on an SD card)."""
+    if os.geteuid() != 0 or not shutil.which("mkfs.ext4"):
+        pytest.skip("mounting a loop file system needs root and mkfs.ext4 (e2fsprogs)")
+    image, mnt = tmp_path / "sd.img", tmp_path / "sd"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(8 * 2**20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a file until the file system is full (as root: the reserved blocks too)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for block in (2**16, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+    return filler
+
+
+def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
+        tmp_path: Path, small_disk: Path, mosquitto: Mosquitto,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from firmware_py.checkin import CheckinPart
+
+    monkeypatch.setattr(CheckinPart, "retry_s", 0.2)
+    monkeypatch.setattr(CheckinPart, "reader_defaults", {"hold_s": 0.0})  # the same card again
+    monkeypatch.setattr(Runtime, "start_retry_s", 0.2, raising=False)
+    cfg = make_config(small_disk / "data", unit={"runtime_dir": str(tmp_path / "run")},
+                      mqtt={"host": "127.0.0.1", "port": mosquitto.port,
+                            "health_interval_s": 5},
+                      readers=[{"name": "main", "driver": "sim", "port": "sim"}],
+                      feedback={"ok_led": 17, "error_led": 27, "buzzer": 22})
+    with Journal(cfg.journal_path, unit=UNIT, site=SITE) as j:   # the last run's journal
+        j.state_set("cards", {"version": 1, "cards": [
+            {"card": PO1, "badge": "PO-1", "role": "police"}]})
+        j.state_set("desired/cards/unit", {
+            "id": "cards-1", "name": "cards", "scope": "unit", "key": "centre-test",
+            "args": {"version": 1, "cards": [{"card": PO1, "badge": "PO-1", "role": "police"}]},
+            "issued_at": "2026-11-28T00:00:00.000Z", "issued_ms": 1_795_910_400_001,
+            "expires_ms": None})
+        before = j.last_seq()
+    filler = _fill(small_disk)   # the SD card filled up while the unit was off
+    watcher = Watcher(mosquitto.probe(None, client_id="watch"))
+    with global_mock_factory() as factory:
+        rt = Runtime(cfg, ["station", "uplink"], notifier=Notifier({}))
+        rt.start()               # before: "cannot start", exit 1, nothing running
+        thread = threading.Thread(target=rt.run_until_stopped, daemon=True)
+        thread.start()
+        try:
+            assert rt.journal is not None and rt.journal.read_only_error is not None
+            status = wait_until(lambda: (s := read_status(cfg.unit.runtime_dir)) and
+                                s["journal"]["state"] == "failing" and s, 10,
+                                "the status file saying the journal fails")
+            assert "full" in status["journal"]["last_error"] or \
+                "I/O" in status["journal"]["last_error"]
+            ok_led, error_led = factory.pin(17), factory.pin(27)
+            t0 = time.monotonic()
+            sim.tap(cfg, PO1, wait_s=0)
+            status = wait_until(lambda: (s := read_status(cfg.unit.runtime_dir)) and
+                                s["last_tap"] and s, 10, "the tap")
+            assert status["last_tap"]["signal"] == "fault"
+            assert status["unrecorded"][-1]["card"] == PO1
+            wait_until(lambda: changes(error_led, since=t0), 5, "the fault pattern")
+            assert changes(error_led, since=t0)[0][1] is True
+            assert changes(ok_led, since=t0) == []                   # never green
+            assert not [e for e in rt.journal.events_after(before) if e.kind == "unit"]
+            # The centre hears of it through health, which needs no write.
+            health = wait_until(lambda: [s.doc for s in watcher.on("health") if
+                                         ((s.doc.get("station") or {}).get("journal") or {})
+                                         .get("state") == "failing"
+                                         and s.doc["station"]["unrecorded_taps"]],
+                                20, "health reporting the failing journal")[-1]
+            assert health["journal"]["error"]
+            assert rt.components[1].failures == 0, "the uplink kept running"
+
+            filler.unlink()      # the installer frees space: no restart needed
+            wait_until(lambda: read_status(cfg.unit.runtime_dir)["journal"]["state"] == "ok",
+                       15, "the journal writable again")
+            started = wait_until(lambda: [e for e in rt.journal.events_after(before)
+                                          if e.kind == "unit"], 15, "unit started")
+            assert started[0].data["state"] == "started" and "started_at" in started[0].data
+            t1 = time.monotonic()
+            tapped = sim.tap(cfg, PO1, wait_s=10)
+            assert tapped.event is not None and tapped.event.data["decision"] == "accepted"
+            wait_until(lambda: changes(ok_led, since=t1), 5, "green")
+        finally:
+            rt.request_stop()
+            thread.join(10)
+            rt.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -732,3 +734,50 @@ def test_corking_is_harmless_where_it_does_not_apply() -> None:
         assert b.recv(1) == b"x"
     uplink_mod._set_cork(None, True)
 
+
+
+def test_a_rebuilt_journal_is_announced_and_published_on_the_same_connection(
+        mosquitto: Mosquitto, rigs: Callable[..., UnitRig]) -> None:
+    rig = rigs(mosquitto.port)
+    w = watch(mosquitto)
+    for i in range(1, 1201):
+        rig.journal.append("alarm", {"source": "test", "state": "active", "mark": f"M{i:06d}",
+                                     "pad": "x" * 150})
+    up = rig.start()
+    rig.wait_connected()
+    w.wait_seq(1200, timeout=30)
+    w.probe.publish(rig.ack_topic, rig.ack(400), retain=True)
+    wait_until(lambda: rig.journal.acked_seq() == 400, 10, "ack 400 applied")
+    old = rig.journal_id
+    rig.journal.checkpoint()
+    path = rig.config.journal_path
+    raw = path.read_bytes()
+    page = raw.index(b"M000800") // 4096
+    lost = {int(m) for m in re.findall(rb"M(\d{6})", raw[page * 4096:(page + 1) * 4096])}
+    with open(path, "r+b") as f:      # a rotten page among the unacknowledged events
+        f.seek(page * 4096)
+        f.write(os.urandom(4096))
+    statuses = len(w.on("status"))
+    # Another process (the station, say) reads across the page and rebuilds the journal.
+    with Journal(path, unit=UNIT, site=SITE) as other:
+        other.events_after(0, limit=5000)
+        new = other.journal_id
+    assert new != old
+    birth = wait_until(lambda: next((s for s in w.on("status")[statuses:]
+                                     if s.doc.get("journal") == new), None), 10,
+                       "the birth of the new journal")
+    assert birth.doc["online"] is True and birth.doc["acked_seq"] == 400
+    assert all(s.doc["online"] for s in w.on("status")[statuses:]), "the connection stayed up"
+    copies = w.wait_events(lambda evs: any(e["journal"] == new and e["kind"] == "unit"
+                                           for e in evs), 20, "the new journal on the wire")
+    published = {e["seq"]: e for e in copies if e["journal"] == new}
+    assert {s for s, e in published.items() if e["kind"] == "alarm"} == \
+        set(range(401, 1201)) - lost
+    assert published[401]["data"]["salvaged_from"] == f"{UNIT}:{old}:401"
+    assert published[401]["id"] == f"{UNIT}:{new}:401"
+    # The retained ack of the old journal, seen again: stale, not a forgery.
+    w.probe.publish(rig.ack_topic, rig.ack(400, journal=old), retain=True)
+    wait_until(lambda: up.acks_stale >= 1, 10, "the old journal's ack counted stale")
+    assert up.acks_rejected == 0
+    w.probe.publish(rig.ack_topic, rig.ack(1201, journal=new), retain=True)
+    wait_until(lambda: rig.journal.acked_seq() == 1201, 10, "the new journal acknowledged")

@@ -1,0 +1,75 @@
+"""The report's words: every one in the catalogues, translated, none hard-coded in templates."""
+
+from __future__ import annotations
+
+import gettext
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from babel.messages.extract import extract_from_dir
+from babel.messages.pofile import read_po
+
+import center.report as report
+
+REPO = Path(__file__).resolve().parents[2]
+LOCALE = REPO / "center" / "locale"
+
+
+def extracted() -> set[str]:
+    method_map = [("center/report.py", "python"), ("center/templates/**.j2", "jinja2")]
+    options = {"center/templates/**.j2": {"extensions": "jinja2.ext.i18n"}}
+    found = extract_from_dir(str(REPO), method_map, options, keywords={"_": None, "N_": None,
+                                                                       "gettext": None})
+    return {msg for _file, _line, msg, _comments, _context in found if isinstance(msg, str)}
+
+
+def catalogue(lang: str) -> dict[str, str]:
+    with (LOCALE / lang / "LC_MESSAGES" / "report.po").open("rb") as f:
+        return {m.id: m.string for m in read_po(f) if m.id}
+
+
+def test_every_message_of_the_report_is_translated_to_chinese() -> None:
+    messages = extracted()
+    assert len(messages) > 60
+    zh, en = catalogue("zh_CN"), catalogue("en")
+    assert sorted(messages - zh.keys()) == []
+    assert sorted(messages - en.keys()) == []
+    assert [m for m in messages if not zh[m]] == []
+    assert sorted(zh.keys() - messages) == []          # nothing stale either
+    # Placeholders survive translation.
+    for msgid, text in zh.items():
+        assert set(re.findall(r"%\(\w+\)s", msgid)) == set(re.findall(r"%\(\w+\)s", text))
+
+
+@pytest.mark.parametrize("lang", ["zh_CN", "en"])
+def test_the_committed_mo_files_match_their_po(lang: str) -> None:
+    with (LOCALE / lang / "LC_MESSAGES" / "report.mo").open("rb") as f:
+        compiled = gettext.GNUTranslations(f)
+    for msgid, text in catalogue(lang).items():
+        assert compiled.gettext(msgid) == (text or msgid)
+
+
+def test_a_checkout_without_mo_files_compiles_the_po(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(LOCALE, tmp_path / "locale")
+    for mo in (tmp_path / "locale").rglob("*.mo"):
+        mo.unlink()
+    monkeypatch.setattr(report, "LOCALE_DIR", tmp_path / "locale")
+    report.translations.cache_clear()
+    try:
+        assert report.translations("zh-CN").gettext("missed") == "漏巡"
+        assert report.translations("en").gettext("missed") == "missed"
+    finally:
+        report.translations.cache_clear()
+
+
+def test_templates_hold_no_words_outside_the_catalogue() -> None:
+    for template in (REPO / "center" / "templates").glob("*.j2"):
+        text = template.read_text(encoding="utf-8")
+        text = re.sub(r"<(script|style)\b.*?</\1>", "", text, flags=re.S)
+        text = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "", text, flags=re.S)
+        text = re.sub(r"<[^>]+>", "", text)
+        words = re.findall(r"[A-Za-z\u4e00-\u9fff]{2,}", text)
+        assert words == [], f"{template.name}: {words}"
