@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 
 from .config import load_config
 from .exc import ConfigError, XunfangError
+from .i18n import Translate, choose_language, translator
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -43,21 +44,26 @@ class EnrolError(XunfangError):
     """The unit cannot make its key or request; the message says what to fix."""
 
 
-def _load_or_make_key(path: Path, owner: str | None) -> tuple[ec.EllipticCurvePrivateKey, bool]:
+def _load_or_make_key(path: Path, owner: str | None,
+                      _: Translate) -> tuple[ec.EllipticCurvePrivateKey, bool]:
     """The key at ``path`` (kept), or a new P-256 key written there 0600."""
     if path.exists():
         if path.stat().st_mode & 0o077:
-            raise EnrolError(f"{path} can be read by group or others: chmod 600 {path}")
+            raise EnrolError(_("{path} can be read by group or others: chmod 600 {path}")
+                             .format(path=path))
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as err:
-            raise EnrolError(f"{path} is not an unencrypted PEM private key: {err}") from err
+            raise EnrolError(_("{path} is not an unencrypted PEM private key: {error}")
+                             .format(path=path, error=err)) from err
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
                 key.curve, ec.SECP256R1):
-            raise EnrolError(f"{path} is not an ECDSA P-256 key; move it away to make a new one")
+            raise EnrolError(_("{path} is not an ECDSA P-256 key; move it away to make a new "
+                               "one").format(path=path))
         return key, False
     if not path.parent.is_dir():
-        raise EnrolError(f"no directory {path.parent} for the key ([mqtt] tls.key)")
+        raise EnrolError(_("no directory {dir} for the key ([mqtt] tls.key)")
+                         .format(dir=path.parent))
     key = ec.generate_private_key(ec.SECP256R1())
     data = key.private_bytes(serialization.Encoding.PEM,
                              serialization.PrivateFormat.TraditionalOpenSSL,
@@ -102,6 +108,7 @@ def _default_owner() -> str | None:
 
 
 def cmd_enrol(args: argparse.Namespace) -> int:
+    _ = translator(choose_language(args.lang))
     try:
         cfg = load_config(args.config)
     except ConfigError as err:
@@ -109,30 +116,36 @@ def cmd_enrol(args: argparse.Namespace) -> int:
         return 2
     tls = cfg.mqtt.tls
     if tls is None or tls.key is None or tls.cert is None:
-        print(f"{args.config}: [mqtt] tls needs ca, cert and key paths (e.g. tls = {{ ca = "
-              f'"tls/ca.crt", cert = "tls/{cfg.unit.id}.crt", key = "tls/{cfg.unit.id}.key" }})',
-              file=sys.stderr)
+        example = (f'tls = {{ ca = "tls/ca.crt", cert = "tls/{cfg.unit.id}.crt", '
+                   f'key = "tls/{cfg.unit.id}.key" }}')
+        print(_("{config}: [mqtt] tls needs ca, cert and key paths, e.g. {example}")
+              .format(config=args.config, example=example), file=sys.stderr)
         return 2
     csr_path = Path(args.out) if args.out else tls.cert.with_suffix(".csr")
     try:
-        key, made = _load_or_make_key(tls.key, args.owner or _default_owner())
+        key, made = _load_or_make_key(tls.key, args.owner or _default_owner(), _)
         csr = make_request(key, cfg.unit.id, cfg.unit.site)
         tmp = csr_path.with_name(f".{csr_path.name}.tmp")
         tmp.write_bytes(csr)
         os.chmod(tmp, 0o644)
         os.replace(tmp, csr_path)
-    except (EnrolError, KeyError) as err:
+    except EnrolError as err:
         print(f"xunfang enrol: {err}", file=sys.stderr)
         return 1
-    except OSError as err:
-        print(f"xunfang enrol: cannot write {err.filename}: {err.strerror or err}",
+    except KeyError:
+        print("xunfang enrol: " + _("no such user: {user}").format(user=args.owner),
               file=sys.stderr)
         return 1
-    what = "made a new key" if made else "kept the existing key"
-    print(f"{what} at {tls.key} (0600; it never leaves the unit). Take the request to the CA: "
-          f"xunfang ca sign --dir CA_DIR {csr_path.name} --site {cfg.unit.site}; "
-          f"then copy the certificate to {tls.cert} and the CA's ca.crt to {tls.ca}.",
-          file=sys.stderr)
+    except OSError as err:
+        print("xunfang enrol: " + _("cannot write {file}: {error}").format(
+            file=err.filename, error=err.strerror or err), file=sys.stderr)
+        return 1
+    what = (_("made a new key at {key}") if made else _("kept the existing key at {key}"))
+    print(what.format(key=tls.key), file=sys.stderr)
+    print(_("The key (0600) never leaves the unit. Take the request to the CA: xunfang ca "
+            "sign --dir CA_DIR {csr} --site {site}; then copy the certificate to {cert} and "
+            "the CA's ca.crt to {ca}.").format(csr=csr_path.name, site=cfg.unit.site,
+                                               cert=tls.cert, ca=tls.ca), file=sys.stderr)
     print(csr_path)
     return 0
 
@@ -145,6 +158,8 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, metavar="FILE",
                    help="unit config (TOML), e.g. /etc/xunfang/unit.toml")
     p.add_argument("--out", metavar="FILE", help="request file (default: tls.cert with .csr)")
+    p.add_argument("--lang", choices=("zh", "en"),
+                   help="language of the messages (default: Chinese, or the locale's)")
     p.add_argument("--owner", metavar="USER",
                    help=f"owner of a new key (default {DAEMON_USER} when run as root)")
     p.set_defaults(func=cmd_enrol)

@@ -266,20 +266,24 @@ def test_enrol_writes_the_key_0600_prints_only_the_csr_path_and_keeps_the_key(
     assert site_of(csr) == SITE
     # Renewal: the key stays, so the running uplink's key and certificate still match.
     key = unit.key.read_bytes()
-    code, _out, err = xunfang(capsys, "enrol", "-c", str(unit.config))
+    code, _out, err = xunfang(capsys, "enrol", "-c", str(unit.config), "--lang", "en")
     assert code == 0 and "kept the existing key" in err
     assert unit.key.read_bytes() == key
     os.chmod(unit.key, 0o640)
-    code, _out, err = xunfang(capsys, "enrol", "-c", str(unit.config))
-    assert code == 1 and "chmod 600" in err
+    code, _out, err = xunfang(capsys, "enrol", "-c", str(unit.config), "--lang", "en")
+    assert code == 1 and "can be read by group or others: chmod 600" in err
+    code, _out, err = xunfang(capsys, "enrol", "-c", str(unit.config), "--lang", "zh")
+    assert code == 1 and "组用户或其他用户可读: 请执行 chmod 600" in err
 
 
 def test_enrol_without_tls_paths_says_what_to_set(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = write_config(tmp_path / "unit.toml", base_document(tmp_path / "data"))
-    code, _out, err = xunfang(capsys, "enrol", "-c", str(config))
+    code, _out, err = xunfang(capsys, "enrol", "-c", str(config), "--lang", "en")
     assert code == 2 and "[mqtt] tls needs ca, cert and key" in err
+    code, _out, err = xunfang(capsys, "enrol", "-c", str(config), "--lang", "zh")
+    assert code == 2 and "[mqtt] tls 需要填写 ca、cert 和 key 的路径" in err
 
 
 def _csr(tmp_path: Path, unit: str, site: str) -> bytes:
