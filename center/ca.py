@@ -19,6 +19,15 @@ reload the broker after either (``config/mosquitto/README``).
 
 Keys are ECDSA P-256 (see ``docs/broker.md``, "The district CA", for why not
 Ed25519).
+
+What the command prints goes through the gettext domain ``ca``
+(``center/locale``): Chinese by default, English with ``--lang en``. After
+editing a message::
+
+    pybabel extract --no-location --sort-output -k _ -k N_ -k CaError \
+        -o center/locale/ca.pot center/ca.py
+    pybabel update -D ca -i center/locale/ca.pot -d center/locale
+    pybabel compile -D ca -d center/locale      # the .mo is committed
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
+import gettext
 import ipaddress
 import json
 import os
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +61,8 @@ from firmware_py.exc import XunfangError
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-__all__ = ["CaError", "CertificateAuthority", "Issued", "add_parser", "site_of", "site_uri"]
+__all__ = ["CaError", "CertificateAuthority", "Issued", "add_parser", "site_of", "site_uri",
+           "use_language"]
 
 CA_DAYS = 3650
 UNIT_DAYS = 825
@@ -60,8 +72,56 @@ CRL_DAYS = 30
 BACKDATE = dt.timedelta(hours=1)
 
 
+# -- messages ------------------------------------------------------------------------------
+
+DOMAIN = "ca"
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+LANGUAGES = {"zh-CN": "zh_CN", "en": "en"}
+DEFAULT_LANGUAGE = "zh-CN"
+
+_translation: gettext.NullTranslations = gettext.NullTranslations()
+
+
+def use_language(lang: str = DEFAULT_LANGUAGE) -> None:
+    """Speak ``zh-CN`` (the catalogue) or ``en`` (the messages as written) from now on."""
+    global _translation
+    code = LANGUAGES.get(lang)
+    if code is None:
+        raise ValueError(f"language {lang!r}: choose one of {', '.join(LANGUAGES)}")
+    if code == "en":
+        _translation = gettext.NullTranslations()
+    else:
+        _translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[code])
+
+
+def _(message: str) -> str:
+    return _translation.gettext(message)
+
+
+def N_(message: str) -> str:
+    """Mark a message for the catalogue; translated where it is shown."""
+    return message
+
+
+# Chinese from the start; a missing catalogue (a broken install) must not stop the CLI.
+_translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[LANGUAGES[DEFAULT_LANGUAGE]],
+                                   fallback=True)
+
+
 class CaError(XunfangError, ValueError):
-    """The CA directory, a CSR or a request cannot be used; the message says why."""
+    """The CA directory, a CSR or a request cannot be used; the message says why.
+
+    ``str()`` is the English text (logs, scripts); :meth:`translated` is what the
+    command prints, in the language chosen with ``--lang``.
+    """
+
+    def __init__(self, message: str, **params: object) -> None:
+        super().__init__(message.format(**params))
+        self.message = message
+        self.params = params
+
+    def translated(self) -> str:
+        return _(self.message).format(**self.params)
 
 
 def site_uri(site: str) -> str:
@@ -164,7 +224,8 @@ class CertificateAuthority:
         if not district.strip():
             raise CaError("--district must name the district, e.g. 'Xihu district'")
         if ca.key_path.exists() or ca.index_path.exists():
-            raise CaError(f"{ca.directory} already holds a CA: nothing changed")
+            raise CaError("{directory} already holds a CA: nothing changed",
+                          directory=ca.directory)
         ca.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(ca.directory, 0o700)
         ca.issued_dir.mkdir(mode=0o700, exist_ok=True)
@@ -200,11 +261,12 @@ class CertificateAuthority:
     def _check(self) -> None:
         for path in (self.key_path, self.cert_path, self.index_path):
             if not path.is_file():
-                raise CaError(f"{self.directory} is not a CA directory: no {path.name} "
-                              "(make one with `xunfang ca init`)")
+                raise CaError("{directory} is not a CA directory: no {file} "
+                              "(make one with `xunfang ca init`)",
+                              directory=self.directory, file=path.name)
         if os.stat(self.key_path).st_mode & 0o077:
-            raise CaError(f"{self.key_path} can be read by group or others: "
-                          f"chmod 600 {self.key_path}")
+            raise CaError("{key} can be read by group or others: chmod 600 {key}",
+                          key=self.key_path)
 
     def certificate(self) -> x509.Certificate:
         self._check()
@@ -214,7 +276,7 @@ class CertificateAuthority:
         self._check()
         key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CaError(f"{self.key_path} is not an ECDSA key")
+            raise CaError("{key} is not an ECDSA key", key=self.key_path)
         return key
 
     def _load_index(self) -> dict[str, Any]:
@@ -222,9 +284,10 @@ class CertificateAuthority:
         try:
             doc = json.loads(self.index_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise CaError(f"cannot read {self.index_path}: {err}") from err
+            raise CaError("cannot read {file}: {error}", file=self.index_path,
+                          error=err) from err
         if not isinstance(doc, dict) or not isinstance(doc.get("certificates"), list):
-            raise CaError(f"{self.index_path} is not a xunfang CA index")
+            raise CaError("{file} is not a xunfang CA index", file=self.index_path)
         return doc
 
     def _save_index(self, doc: dict[str, Any]) -> None:
@@ -256,40 +319,46 @@ class CertificateAuthority:
              inventory: Path | None = None) -> tuple[x509.Certificate, Issued]:
         """Issue a unit certificate for a CSR; record it and list the unit in the inventory."""
         if not topics.NAME_RE.match(site):
-            raise CaError(f"site {site!r} does not match [a-z0-9-]{{1,32}}")
+            raise CaError("site {site!r} does not match [a-z0-9-]{{1,32}}", site=site)
         if not 1 <= days <= MAX_UNIT_DAYS:
-            raise CaError(f"--days must be between 1 and {MAX_UNIT_DAYS}, got {days}")
+            raise CaError("--days must be between 1 and {most}, got {days}",
+                          most=MAX_UNIT_DAYS, days=days)
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as err:
-            raise CaError(f"not a PEM certificate request: {err}") from err
+            raise CaError("not a PEM certificate request: {error}", error=err) from err
         if not csr.is_signature_valid:
             raise CaError("the request's signature does not verify (damaged or altered)")
         unit = common_name(csr)
         if unit is None or not topics.NAME_RE.match(unit):
-            raise CaError(f"the request's CN {unit!r} is not a unit id ([a-z0-9-]{{1,32}})")
+            raise CaError("the request's CN {unit!r} is not a unit id ([a-z0-9-]{{1,32}})",
+                          unit=unit)
         if unit in RESERVED:
-            raise CaError(f"{unit!r} is reserved for the centre's tools, not a unit id")
+            raise CaError("{unit!r} is reserved for the centre's tools, not a unit id",
+                          unit=unit)
         asked = site_of(csr)
         if asked is not None and asked != site:
-            raise CaError(f"the request of {unit} names site {asked!r}, not {site!r}")
+            raise CaError("the request of {unit} names site {asked!r}, not {site!r}",
+                          unit=unit, asked=asked, site=site)
         public = csr.public_key()
         if not (isinstance(public, ec.EllipticCurvePublicKey)
                 and isinstance(public.curve, ec.SECP256R1)):
-            raise CaError(f"the request of {unit} has a {type(public).__name__} key; "
-                          "units use ECDSA P-256 (xunfang enrol makes one)")
+            raise CaError("the request of {unit} has a {kind} key; "
+                          "units use ECDSA P-256 (xunfang enrol makes one)",
+                          unit=unit, kind=type(public).__name__)
         inventory = inventory or self.default_inventory
         with self._locked():
             doc = self._load_index()
             others = {e["site"] for e in doc["certificates"]
                       if e["unit"] == unit and e["revoked_at"] is None and e["site"] != site}
             if others:
-                raise CaError(f"unit id {unit} is already issued to site {sorted(others)[0]}: "
+                raise CaError("unit id {unit} is already issued to site {site}: "
                               "unit ids are unique across the fleet (revoke it first to move "
-                              "the unit)")
+                              "the unit)", unit=unit, site=sorted(others)[0])
             listed = _inventory_units(inventory)
             if listed.get(unit, site) != site:
-                raise CaError(f"{inventory} lists {unit} for site {listed[unit]}, not {site}")
+                raise CaError("{inventory} lists {unit} for site {listed}, not {site}",
+                              inventory=inventory, unit=unit, listed=listed[unit], site=site)
             key = self._key()
             ca_cert = self.certificate()
             now = _now()
@@ -339,7 +408,7 @@ class CertificateAuthority:
                     entry["revoked_at"] = now
                     revoked.append(Issued(**entry))
             if not revoked and not any(e["unit"] == unit for e in doc["certificates"]):
-                raise CaError(f"this CA never issued a certificate to {unit!r}")
+                raise CaError("this CA never issued a certificate to {unit!r}", unit=unit)
             self._save_index(doc)
             self.write_crl()
             _inventory_remove(inventory, unit)
@@ -415,7 +484,7 @@ def _inventory_units(path: Path) -> dict[str, str]:
     try:
         return load_inventory(path)
     except InventoryError as err:
-        raise CaError(str(err)) from err
+        raise CaError("the inventory cannot be used: {error}", error=err) from err
 
 
 def _inventory_add(path: Path, unit: str, site: str) -> None:
@@ -445,23 +514,41 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _failed(err: CaError | OSError) -> int:
+    """Say why a command stopped, in the chosen language."""
+    if isinstance(err, CaError):
+        return _fail(err.translated())
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        return _fail(_("no such file or directory: {file}").format(file=err.filename))
+    if isinstance(err, PermissionError) and err.filename is not None:
+        return _fail(_("not allowed to read or write {file} (run as the CA's owner)").format(
+            file=err.filename))
+    if err.filename is not None:
+        return _fail(_("cannot use {file}: {error}").format(
+            file=err.filename, error=err.strerror or err))
+    return _fail(str(err))
+
+
 def _inventory_arg(args: argparse.Namespace) -> Path | None:
     return Path(args.inventory) if args.inventory else None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    use_language(args.lang)
     try:
         ca = CertificateAuthority.init(args.dir, args.district, days=args.days)
     except (CaError, OSError) as err:
-        return _fail(str(err))
-    print(f"made the CA of {args.district} in {ca.directory}: {ca.cert_path} goes to the broker "
-          f"and every unit; {ca.key_path} (0600) never leaves this machine; {ca.crl_path} is the "
-          "broker's crlfile", file=sys.stderr)
+        return _failed(err)
+    print(_("made the CA of {district} in {directory}: {cert} goes to the broker and every "
+            "unit; {key} (0600) never leaves this machine; {crl} is the broker's crlfile").format(
+        district=args.district, directory=ca.directory, cert=ca.cert_path, key=ca.key_path,
+        crl=ca.crl_path), file=sys.stderr)
     print(ca.cert_path)
     return 0
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    use_language(args.lang)
     ca = CertificateAuthority(args.dir)
     csr_path = Path(args.csr)
     try:
@@ -469,70 +556,95 @@ def cmd_sign(args: argparse.Namespace) -> int:
         cert, entry = ca.sign(csr, args.site, days=args.days, inventory=_inventory_arg(args))
         out = Path(args.out) if args.out else csr_path.with_name(f"{entry.unit}.crt")
         _write_atomic(out, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    except (CaError, OSError) as err:
-        return _fail(f"{csr_path}: {err}")
+    except CaError as err:
+        return _fail(f"{csr_path}: {err.translated()}")
+    except OSError as err:
+        return _failed(err)
     inventory = _inventory_arg(args) or ca.default_inventory
-    print(f"issued {entry.unit} of site {entry.site}, serial {entry.serial}, valid until "
-          f"{entry.not_after}; listed in {inventory}. Copy {out} and {ca.cert_path} to the unit "
-          "(the paths its [mqtt] tls names); render the ACL from the inventory and reload the "
-          "broker (config/mosquitto/README).", file=sys.stderr)
+    print(_("issued {unit} of site {site}, serial {serial}, valid until {not_after}; listed in "
+            "{inventory}. Copy {cert} and {ca_cert} to the unit (the paths its [mqtt] tls "
+            "names); render the ACL from the inventory and reload the broker "
+            "(config/mosquitto/README).").format(
+        unit=entry.unit, site=entry.site, serial=entry.serial, not_after=entry.not_after,
+        inventory=inventory, cert=out, ca_cert=ca.cert_path), file=sys.stderr)
     print(out)
     return 0
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    use_language(args.lang)
     ca = CertificateAuthority(args.dir)
     try:
         revoked = ca.revoke(args.unit, inventory=_inventory_arg(args))
     except (CaError, OSError) as err:
-        return _fail(str(err))
+        return _failed(err)
     inventory = _inventory_arg(args) or ca.default_inventory
-    serials = ", ".join(e.serial for e in revoked) or "none still valid"
-    print(f"revoked {args.unit} ({serials}); wrote {ca.crl_path}; removed it from {inventory}. "
-          "Copy the CRL to the broker, render the ACL, and reload it: "
-          "kill -HUP $(cat /run/mosquitto/mosquitto.pid)", file=sys.stderr)
+    serials = ", ".join(e.serial for e in revoked) or _("none still valid")
+    print(_("revoked {unit} ({serials}); wrote {crl}; removed it from {inventory}. Copy the CRL "
+            "to the broker, render the ACL, and reload it: "
+            "kill -HUP $(cat /run/mosquitto/mosquitto.pid)").format(
+        unit=args.unit, serials=serials, crl=ca.crl_path, inventory=inventory), file=sys.stderr)
     print(ca.crl_path)
     return 0
 
 
 def cmd_crl(args: argparse.Namespace) -> int:
+    use_language(args.lang)
     ca = CertificateAuthority(args.dir)
     try:
         path = ca.write_crl(days=args.days)
     except (CaError, OSError) as err:
-        return _fail(str(err))
+        return _failed(err)
     print(path)
     return 0
 
 
+STATES = {"valid": N_("valid"), "expired": N_("expired"), "revoked": N_("revoked")}
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * max(0, columns - _width(text))
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    use_language(args.lang)
     ca = CertificateAuthority(args.dir)
     try:
         entries = ca.issued()
     except (CaError, OSError) as err:
-        return _fail(str(err))
+        return _failed(err)
     now = _now()
     rows = []
     for e in entries:
         state = "revoked" if e.revoked else "expired" if e.expired(now) else "valid"
         rows.append({**e.__dict__, "state": state})
     if args.json:
+        # For scripts: the keys and states as they are, in any language.
         print(json.dumps(rows, ensure_ascii=False, indent=1))
         return 0
-    print(f"{'unit':<24} {'site':<16} {'state':<8} {'expires':<21} serial")
-    for r in rows:
-        print(f"{r['unit']:<24} {r['site']:<16} {r['state']:<8} {r['not_after']:<21} "
-              f"{r['serial']}")
+    widths = (24, 16, 8, 21, 0)
+    table = [(_("unit"), _("site"), _("state"), _("expires"), _("serial"))]
+    table += [(r["unit"], r["site"], _(STATES[r["state"]]), r["not_after"], r["serial"])
+              for r in rows]
+    for cells in table:
+        print(" ".join(_pad(c, w) for c, w in zip(cells, widths, strict=True)).rstrip())
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    use_language(args.lang)
     ca = CertificateAuthority(args.dir)
     try:
         key_path, cert_path = ca.server(args.names, Path(args.out), days=args.days)
     except (CaError, OSError) as err:
-        return _fail(str(err))
-    print(f"wrote {cert_path} and {key_path} (0600) for the broker", file=sys.stderr)
+        return _failed(err)
+    print(_("wrote {cert} and {key} (0600) for the broker").format(cert=cert_path, key=key_path),
+          file=sys.stderr)
     print(cert_path)
     return 0
 
@@ -541,9 +653,10 @@ def _days(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
+        raise argparse.ArgumentTypeError(
+            _("{text!r} is not a number of days").format(text=text)) from None
     if not 1 <= value <= CA_DAYS * 3:
-        raise argparse.ArgumentTypeError(f"{value} days is out of range")
+        raise argparse.ArgumentTypeError(_("{days} days is out of range").format(days=value))
     return value
 
 
@@ -557,6 +670,8 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
 
     def dir_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dir", required=True, metavar="CA_DIR", help="the CA's directory")
+        p.add_argument("--lang", choices=list(LANGUAGES), default=DEFAULT_LANGUAGE,
+                       help="language of the output (zh-CN)")
 
     def inventory_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--inventory", metavar="FILE",

@@ -20,7 +20,8 @@
 #   4. the systemd units and target in /etc/systemd/system, the udev rules
 #      in /etc/udev/rules.d, the docs and examples in /usr/share/doc/xunfang,
 #      /usr/local/bin/xunfang (a link to current/bin/xunfang) and
-#      /usr/local/sbin/xunfang-update (updates with rollback);
+#      /usr/local/sbin/xunfang-update (updates with rollback) with its
+#      Chinese messages in /usr/local/share/locale;
 #   5. /etc/xunfang/unit.toml (0640 root:xunfang): from --config FILE, or, when
 #      there is none yet, a copy of the example for --kind (patrol-point);
 #      an existing config is never overwritten without --config;
@@ -272,6 +273,9 @@ run install -d -m 0755 "$DESTDIR/usr/local/bin"
 run ln -sfn "$XUNFANG" "$DESTDIR/usr/local/bin/xunfang"
 # Updates with rollback: xunfang-update FILE.whl (docs/operations.md).
 install_file 0755 "$here/xunfang-update" /usr/local/sbin/xunfang-update
+# Its messages in Chinese (English is the source text).
+install_file 0644 "$here/locale/zh_CN/LC_MESSAGES/xunfang-update.mo" \
+    /usr/local/share/locale/zh_CN/LC_MESSAGES/xunfang-update.mo
 if [ -n "$DESTDIR" ]; then
     say "  skip (DESTDIR): udevadm control --reload; udevadm trigger"
 elif command -v udevadm >/dev/null && [ -d /run/udev ]; then

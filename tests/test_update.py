@@ -11,10 +11,12 @@ reads: the process alive and the station's status file fresh and ``ok``.
 
 from __future__ import annotations
 
+import gettext
 import os
 import re
 import shutil
 import sqlite3
+import string
 import subprocess
 import sys
 import time
@@ -22,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from babel.messages.extract import extract_from_file
+from babel.messages.pofile import read_po
 
 from firmware_py.exc import JournalTooNew
 from firmware_py.journal import SCHEMA_VERSION, Journal
@@ -30,6 +34,7 @@ from tests.support.units import base_document, merge, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 UPDATE = REPO / "systemd" / "xunfang-update"
+UPDATE_PO = REPO / "systemd" / "locale" / "zh_CN" / "LC_MESSAGES" / "xunfang-update.po"
 SERVICECTL = Path(servicectl.__file__)
 BASE_VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(),
                          re.M)[1]  # type: ignore[index]
@@ -89,9 +94,11 @@ class Unit:
         self.prefix = self.root / "opt/xunfang"
         self.log = self.root / "var/log/xunfang-update.log"
 
-    def update(self, *args: str | Path, deadline: float = 90,
-               settle: float = 4) -> subprocess.CompletedProcess[str]:
+    def update(self, *args: str | Path, deadline: float = 90, settle: float = 4,
+               lang: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "XUNFANG_SYSTEMCTL": " ".join(self.systemctl)}
+        if lang is not None:
+            env = {**_without_locale(env), "LANG": lang}
         return subprocess.run(
             [sys.executable, str(UPDATE), "--root", str(self.root), "--config", str(self.config),
              "--deadline", str(deadline), "--settle", str(settle), *map(str, args)],
@@ -129,6 +136,10 @@ def unit(tmp_path: Path, wheels: dict[str, Path]) -> Iterator[Unit]:
         yield unit
     finally:
         unit.ctl("stop", "xunfang.target")
+
+
+def _without_locale(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")}
 
 
 def journal_events(unit: Unit) -> list[int]:
@@ -180,7 +191,7 @@ def test_an_update_that_is_not_healthy_rolls_back_by_itself(
 def test_an_update_with_a_journal_the_old_version_cannot_read_is_refused(
     unit: Unit, wheels: dict[str, Path],
 ) -> None:
-    result = unit.update(wheels[NEW_SCHEMA])
+    result = unit.update(wheels[NEW_SCHEMA], "--lang", "en")
     assert result.returncode == 2
     assert (f"{NEW_SCHEMA} uses journal schema {SCHEMA_VERSION + 1}, {BASE_VERSION} uses "
             f"{SCHEMA_VERSION}") in result.stderr
@@ -192,12 +203,17 @@ def test_an_update_with_a_journal_the_old_version_cannot_read_is_refused(
 def test_update_refuses_the_running_version_and_a_file_that_is_not_a_wheel(
     unit: Unit, wheels: dict[str, Path], tmp_path: Path,
 ) -> None:
-    again = unit.update(wheels[BASE_VERSION])
+    again = unit.update(wheels[BASE_VERSION], "--lang", "en")
     assert again.returncode == 2 and "already the running version" in again.stderr
     odd = tmp_path / "update.zip"
     odd.write_bytes(b"PK")
-    bad = unit.update(odd)
+    bad = unit.update(odd, lang="C")
     assert bad.returncode == 2 and "want a xunfang wheel" in bad.stderr
+    # The installer's default language is Chinese; the log file stays English.
+    again = unit.update(wheels[BASE_VERSION], lang="zh_CN.UTF-8")
+    assert again.returncode == 2
+    assert f"xunfang-update: 已拒绝：{BASE_VERSION} 已是正在运行的版本" in again.stderr
+    assert f"refused: {BASE_VERSION} is already the running version" in unit.log.read_text()
     assert unit.current() == BASE_VERSION
 
 
@@ -236,3 +252,56 @@ def test_the_daemon_refuses_to_start_on_a_newer_journal(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "written by a newer xunfang" in done.stderr
     assert path.exists()
+
+
+# -- the installer's language -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flag", "env", "chinese"), [
+    ((), {}, True),
+    ((), {"LANG": "zh_CN.UTF-8"}, True),
+    ((), {"LANG": "C.UTF-8"}, False),
+    ((), {"LANG": "en_GB.UTF-8"}, False),
+    ((), {"LC_ALL": "zh_CN.UTF-8", "LANG": "en_GB.UTF-8"}, True),
+    (("--lang", "en"), {"LANG": "zh_CN.UTF-8"}, False),
+    (("--lang", "zh-CN"), {"LANG": "C"}, True),
+])
+def test_update_speaks_chinese_unless_told_english(
+    tmp_path: Path, flag: tuple[str, ...], env: dict[str, str], chinese: bool,
+) -> None:
+    odd = tmp_path / "update.zip"
+    odd.write_bytes(b"PK")
+    done = subprocess.run(
+        [sys.executable, str(UPDATE), "--root", str(tmp_path / "root"), *flag, str(odd)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**_without_locale(dict(os.environ)), **env})
+    assert done.returncode == 2
+    if chinese:
+        assert done.stderr == ("xunfang-update: 已拒绝：update.zip：需要巡防的 wheel 安装包，"
+                               "文件名形如 xunfang-版本号-py3-none-any.whl\n")
+    else:
+        assert done.stderr == ("xunfang-update: refused: update.zip: want a xunfang wheel, "
+                               "xunfang-VERSION-py3-none-any.whl\n")
+    log = (tmp_path / "root/var/log/xunfang-update.log").read_text()
+    assert log.endswith(" refused: update.zip: want a xunfang wheel, "
+                        "xunfang-VERSION-py3-none-any.whl\n")
+
+
+def _fields(text: str) -> set[str]:
+    return {field for _lit, field, _spec, _conv in string.Formatter().parse(text) if field}
+
+
+def test_every_message_of_the_updater_is_translated_with_its_placeholders() -> None:
+    found = extract_from_file("python", UPDATE, keywords={"Msg": None})
+    messages = {msg for _line, msg, _comments, _context in found}
+    assert len(messages) > 30
+    with UPDATE_PO.open("rb") as f:
+        zh = {m.id: m.string for m in read_po(f) if m.id}
+    assert sorted(messages - zh.keys()) == [], "run pybabel extract/update (systemd/locale)"
+    assert sorted(zh.keys() - messages) == []
+    for msgid, text in zh.items():
+        assert text and _fields(msgid) == _fields(text), msgid
+    with UPDATE_PO.with_suffix(".mo").open("rb") as f:
+        compiled = gettext.GNUTranslations(f)
+    for msgid, text in zh.items():
+        assert compiled.gettext(msgid) == text, msgid

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,12 +244,13 @@ def test_ca_init_keeps_its_key_owner_only_and_never_over_an_existing_ca(
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     key_before = (district / "ca.key").read_bytes()
-    code, _out, err = xunfang(capsys, "ca", "init", "--dir", str(district), "--district", "X")
+    code, _out, err = xunfang(capsys, "ca", "init", "--dir", str(district), "--district", "X",
+                              "--lang", "en")
     assert code == 1 and "already holds a CA" in err
     assert (district / "ca.key").read_bytes() == key_before
     os.chmod(district / "ca.key", 0o644)
     code, _out, err = xunfang(capsys, "ca", "list", "--dir", str(district))
-    assert code == 1 and "chmod 600" in err
+    assert code == 1 and "可被组用户或其他用户读取：请执行 chmod 600" in err
 
 
 def test_enrol_writes_the_key_0600_prints_only_the_csr_path_and_keeps_the_key(
@@ -406,3 +408,76 @@ def test_the_uplink_reports_a_certificate_due_for_renewal_in_health(
         daemon.stop()
     assert health["cert"] == "renew", daemon.text()
     assert health["cert_expires_in_days"] == pytest.approx(20, abs=0.2)
+
+
+# -- what the operator reads: Chinese by default, English with --lang en ------------------
+
+
+def test_ca_list_speaks_chinese_by_default_and_english_with_lang_en(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], district: Path,
+) -> None:
+    ca = CertificateAuthority(district)
+    ca.sign(_csr(tmp_path, UNIT, SITE), SITE)
+    ca.sign(_csr(tmp_path, NEIGHBOUR, SITE), SITE)
+    ca.revoke(NEIGHBOUR)
+    code, out, err = xunfang(capsys, "ca", "list", "--dir", str(district))
+    assert code == 0, err
+    heading, *rows = out.splitlines()
+    assert heading.split() == ["设备编号", "点位", "状态", "到期时间", "序列号"]
+    states = {row.split()[0]: row.split()[2] for row in rows}
+    assert states == {UNIT: "有效", NEIGHBOUR: "已吊销"}
+    # The columns line up on a terminal: a CJK character takes two columns.
+    def columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(c) == "W" else 1 for c in text)
+
+    for row in rows:
+        for cell, title in zip(row.split(), heading.split(), strict=True):
+            assert columns(row[:row.index(cell)]) == columns(heading[:heading.index(title)])
+    code, out, err = xunfang(capsys, "ca", "list", "--dir", str(district), "--lang", "en")
+    assert code == 0, err
+    heading, *rows = out.splitlines()
+    assert heading.split() == ["unit", "site", "state", "expires", "serial"]
+    assert {row.split()[0]: row.split()[2] for row in rows} == {UNIT: "valid",
+                                                               NEIGHBOUR: "revoked"}
+    # --json is for scripts: the same keys and states in any language.
+    code, out, _err = xunfang(capsys, "ca", "list", "--dir", str(district), "--json")
+    assert {row["unit"]: row["state"] for row in json.loads(out)} == {UNIT: "valid",
+                                                                     NEIGHBOUR: "revoked"}
+
+
+def test_a_refused_sign_says_why_in_chinese_by_default_and_in_english_with_lang_en(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], district: Path,
+) -> None:
+    csr = tmp_path / f"{UNIT}.csr"
+    csr.write_bytes(_csr(tmp_path, UNIT, SITE))
+    code, out, err = xunfang(capsys, "ca", "sign", "--dir", str(district), str(csr),
+                             "--site", OTHER_SITE)
+    assert (code, out) == (1, "")
+    assert err == (f"xunfang ca: {csr}: {UNIT} 的签名请求写的点位是 'zhuantang'，"
+                   "不是 'xihu'\n")
+    code, out, err = xunfang(capsys, "ca", "sign", "--dir", str(district), str(csr),
+                             "--site", OTHER_SITE, "--lang", "en")
+    assert (code, out) == (1, "")
+    assert err == (f"xunfang ca: {csr}: the request of {UNIT} names site 'zhuantang', "
+                   "not 'xihu'\n")
+    # And one that works says what to do next, in Chinese.
+    code, out, err = xunfang(capsys, "ca", "sign", "--dir", str(district), str(csr),
+                             "--site", SITE)
+    assert code == 0, err
+    assert f"已为点位 {SITE} 的设备 {UNIT} 签发证书" in err
+    assert out.strip() == str(tmp_path / f"{UNIT}.crt")
+    # The library's errors stay English for logs and scripts, whatever the CLI spoke.
+    with pytest.raises(CaError, match="never issued a certificate to 'zt-pp-99'"):
+        CertificateAuthority(district).revoke("zt-pp-99")
+
+
+def test_a_missing_ca_directory_is_named_in_the_operators_language(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "nowhere"
+    code, _out, err = xunfang(capsys, "ca", "revoke", "--dir", str(missing), UNIT)
+    assert code == 1
+    assert err == (f"xunfang ca: {missing} 不是证书颁发机构目录：缺少 ca.key"
+                   "（请用 `xunfang ca init` 建立）\n")
+    code, _out, err = xunfang(capsys, "ca", "crl", "--dir", str(missing), "--lang", "en")
+    assert code == 1 and f"{missing} is not a CA directory: no ca.key" in err
