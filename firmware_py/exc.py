@@ -49,6 +49,13 @@ class JournalCorrupt(JournalError, ValueError):
     """The journal file is not a xunfang journal or fails its integrity check."""
 
 
+class JournalTooNew(JournalError):
+    """The journal was written by a newer version in a format this one cannot use.
+
+    Not :class:`JournalCorrupt`: the file is sound and must not be moved aside.
+    """
+
+
 class RuntimeFault(XunfangError):
     """A component of the runtime failed to start or stop."""
 

@@ -7,7 +7,7 @@ or ``LANG`` (the first one set) starts with ``en``. After editing the source
 strings::
 
     pybabel extract -k _ -o firmware_py/locale/xunfang.pot firmware_py/selftest.py \\
-        firmware_py/unitstatus.py
+        firmware_py/unitstatus.py firmware_py/enrol.py
     pybabel update -D xunfang -i firmware_py/locale/xunfang.pot -d firmware_py/locale
     pybabel compile -D xunfang -d firmware_py/locale      # the .mo is committed
 """

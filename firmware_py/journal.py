@@ -53,10 +53,18 @@ from urllib.parse import quote
 
 from . import __version__
 from .clock import Clock, SystemClock, rfc3339_ms
-from .exc import JournalCorrupt, JournalError, JournalUnavailable, JournalWriteFailed
+from .exc import JournalCorrupt, JournalError, JournalTooNew, JournalUnavailable, JournalWriteFailed
 
 log = logging.getLogger("xunfang.journal")
 
+# The journal's format, kept in PRAGMA user_version. The rule (docs/operations.md,
+# "Updates and rollback"): changes are additive (a new table, a new column with
+# a default, new state keys), made at open so that they are idempotent, and
+# leave this number alone, so the version before still starts on a journal the
+# next one has opened. Only a change an older version could not use raises it;
+# an older version then refuses the journal (JournalTooNew, the file left as it
+# is), and xunfang-update refuses to install a version with a different number
+# (it could not roll back).
 SCHEMA_VERSION = 1
 ACK_CURSOR = "ack"
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -109,6 +117,18 @@ CREATE TABLE state (
     updated_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+def check_schema_version(path: Path, version: int) -> None:
+    """Refuse a journal whose format (``PRAGMA user_version``) this version cannot use."""
+    if version > SCHEMA_VERSION:
+        raise JournalTooNew(
+            f"journal {path} has schema version {version}, written by a newer xunfang; this "
+            f"version reads {SCHEMA_VERSION}: install that version again (the journal is left "
+            "as it is)")
+    if version != SCHEMA_VERSION:
+        raise JournalCorrupt(
+            f"journal {path} has schema version {version}, this build knows {SCHEMA_VERSION}")
 
 
 @dataclass(frozen=True)
@@ -708,11 +728,8 @@ class Journal:
                            (str(self.clock.wall_ms()),))
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 log.info("created journal %s with id %s", self.path, journal_id)
-            elif version != SCHEMA_VERSION:
-                raise JournalCorrupt(
-                    f"journal {self.path} has schema version {version}, this build knows "
-                    f"{SCHEMA_VERSION}"
-                )
+            else:
+                check_schema_version(self.path, version)
             db.execute("COMMIT")
         except BaseException:
             with suppress(sqlite3.Error):

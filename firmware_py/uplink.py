@@ -74,6 +74,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import __version__, topics
+from .certhealth import certificate_health
 from .clock import rfc3339_ms
 from .commands import CommandProcessor
 from .exc import JournalError, SignatureError
@@ -1380,6 +1381,7 @@ class UplinkComponent(Component):
             "oldest_pending_s": None,
             "disk_free_mb": disk_free_mb,
             "acks_rejected": self.acks_rejected,
+            **self._certificate(),
             "centre_ack": self.mqtt_cfg.centre_ack,
             "journal": {"id": self.journal_id, "error": error},
             "station": self.station_status(),
@@ -1387,6 +1389,11 @@ class UplinkComponent(Component):
             "lights": {name: unknown for name in cfg.lights},
             "cameras": {c.name: unknown for c in cfg.cameras},
         }
+
+    def _certificate(self) -> dict[str, Any]:
+        """The client certificate's days to expiry and renewal state (``certhealth``)."""
+        tls = self.mqtt_cfg.tls
+        return certificate_health(tls.cert if tls else None, self.clock.wall_ms())
 
     def _pending(self) -> int:
         try:
@@ -1438,6 +1445,7 @@ class UplinkComponent(Component):
             "oldest_pending_s": self._oldest_pending_s(),
             "disk_free_mb": disk_free_mb,
             "acks_rejected": self.acks_rejected,
+            **self._certificate(),
             "broker": {
                 "state": self.state.value,
                 "since": rfc3339_ms(self.state_since_ms),

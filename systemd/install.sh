@@ -14,11 +14,14 @@
 #      and the group `gpio` if it is missing. The user is NOT put in dialout,
 #      gpio or video: each service gets the device groups it needs from its
 #      unit (SupplementaryGroups=), so the uplink has none;
-#   3. the virtual environment /opt/xunfang/venv with xunfang from this
-#      source tree (and lgpio, gpiozero's pin library, on ARM);
+#   3. the virtual environment /opt/xunfang/VERSION with xunfang from this
+#      source tree (and lgpio, gpiozero's pin library, on ARM), and the link
+#      /opt/xunfang/current to it (through systemd/xunfang-update);
 #   4. the systemd units and target in /etc/systemd/system, the udev rules
 #      in /etc/udev/rules.d, the docs and examples in /usr/share/doc/xunfang,
-#      and /usr/local/bin/xunfang (a link to the venv's command);
+#      /usr/local/bin/xunfang (a link to current/bin/xunfang) and
+#      /usr/local/sbin/xunfang-update (updates with rollback) with its
+#      Chinese messages in /usr/local/share/locale;
 #   5. /etc/xunfang/unit.toml (0640 root:xunfang): from --config FILE, or, when
 #      there is none yet, a copy of the example for --kind (patrol-point);
 #      an existing config is never overwritten without --config;
@@ -41,7 +44,8 @@ umask 022
 # venv points at it for good, and the daemons must be able to run it.
 PYTHON=${PYTHON:-/usr/bin/python3}
 PREFIX=/opt/xunfang
-VENV=$PREFIX/venv
+CURRENT=$PREFIX/current
+XUNFANG=$CURRENT/bin/xunfang
 CONF_DIR=/etc/xunfang
 CONF=$CONF_DIR/unit.toml
 UNIT_DIR=/etc/systemd/system
@@ -205,21 +209,14 @@ else
 fi
 
 # -- 3. virtual environment -----------------------------------------------------------------
-say "3/7 virtual environment $VENV"
+# Each version in its own venv, /opt/xunfang/VERSION, and /opt/xunfang/current
+# linking to the one in use (the units run current/bin/xunfang). xunfang-update
+# makes the venv and switches the link; later updates use it with a rollback.
+say "3/7 virtual environment $PREFIX/VERSION, linked from $CURRENT"
 if [ -n "$DESTDIR" ]; then
     say "  skip (DESTDIR): a venv cannot be moved once made; build it on the unit"
 else
-    # A new venv when there is none, or when it is not Debian's Python 3.11+
-    # (a system upgrade to a new Python leaves the old venv broken).
-    if [ ! -x "$VENV/bin/python" ] \
-        || [ "$(readlink -f "$VENV/bin/python")" != "$(readlink -f "$PYTHON")" ] \
-        || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-        run install -d -m 0755 "$PREFIX"
-        run "$PYTHON" -m venv --clear "$VENV"
-    fi
-    run "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    # Build the wheel once, install it with its dependencies, then force the
-    # project itself in again (an upgrade with an unchanged version number).
+    run install -d -m 0755 "$PREFIX"
     wheels=$(mktemp -d)
     # Expanded now, on purpose: the trap must remove this run's folder.
     # shellcheck disable=SC2064
@@ -235,23 +232,26 @@ else
             --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache \
             --exclude=.ruff_cache --exclude=.hypothesis -cf - . | tar -C "$wheels/src" -xf -
     fi
-    run "$VENV/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$wheels/src"
+    # Debian's python3 has no pip: build in a throwaway venv.
+    run "$PYTHON" -m venv "$wheels/build"
+    run "$wheels/build/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$wheels" "$wheels/src"
     if [ "$dry_run" -eq 1 ]; then
         wheel="$wheels/xunfang-VERSION-py3-none-any.whl"
     else
-        wheel=$(find "$wheels" -name 'xunfang-*.whl' | head -n 1)
+        wheel=$(find "$wheels" -maxdepth 1 -name 'xunfang-*.whl' | head -n 1)
         [ -n "$wheel" ] || die "pip built no wheel from $src"
     fi
-    run "$VENV/bin/python" -m pip install --quiet "$wheel"
-    run "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$wheel"
+    # Installs with its dependencies (and lgpio on a Pi); the same version
+    # again is reinstalled in place. Nothing is restarted here (step 7 does).
+    run "$PYTHON" "$here/xunfang-update" --no-restart --python "$PYTHON" "$wheel"
     case $arch in
-        aarch64|armv6l|armv7l)
-            # gpiozero's default pin factory on a Pi. PYPI=1 makes a source
-            # build link lgpio's C library in statically (no liblgpio needed).
-            run env PYPI=1 "$VENV/bin/python" -m pip install --quiet lgpio
-            ;;
+        aarch64|armv6l|armv7l) ;;
         *) say "  $arch is not a Pi: lgpio not installed (GPIO needs GPIOZERO_PIN_FACTORY=mock here)" ;;
     esac
+    if [ -d "$PREFIX/venv" ] && [ ! -L "$PREFIX/venv" ]; then
+        say "  $PREFIX/venv (the layout before versions) is no longer used:" \
+            "remove it once the services run from $CURRENT (rm -rf $PREFIX/venv)"
+    fi
 fi
 
 # -- 4. units, udev rules, docs ---------------------------------------------------------------
@@ -270,7 +270,12 @@ for f in "$src"/config/*.toml "$here"/examples/*.conf; do
 done
 # `xunfang` on root's PATH, for the installer's checks and the operator's tools.
 run install -d -m 0755 "$DESTDIR/usr/local/bin"
-run ln -sfn "$VENV/bin/xunfang" "$DESTDIR/usr/local/bin/xunfang"
+run ln -sfn "$XUNFANG" "$DESTDIR/usr/local/bin/xunfang"
+# Updates with rollback: xunfang-update FILE.whl (docs/operations.md).
+install_file 0755 "$here/xunfang-update" /usr/local/sbin/xunfang-update
+# Its messages in Chinese (English is the source text).
+install_file 0644 "$here/locale/zh_CN/LC_MESSAGES/xunfang-update.mo" \
+    /usr/local/share/locale/zh_CN/LC_MESSAGES/xunfang-update.mo
 if [ -n "$DESTDIR" ]; then
     say "  skip (DESTDIR): udevadm control --reload; udevadm trigger"
 elif command -v udevadm >/dev/null && [ -d /run/udev ]; then
@@ -339,7 +344,7 @@ install_time_and_watchdog
 
 # -- 6. config check -------------------------------------------------------------------------
 say "6/7 config check"
-check=("$VENV/bin/xunfang" config check -c "$CONF")
+check=("$XUNFANG" config check -c "$CONF")
 # The example names TLS files that are not in place yet: until it is written
 # over, check it as the daemons do (without the password and TLS files).
 first_check=("${check[@]}")

@@ -28,7 +28,7 @@ SERVICES = ("xunfang-station.service", "xunfang-camera.service", "xunfang-uplink
 UNIT_FILES = (*SERVICES, "xunfang.target")
 XUNFANG = Path(sys.prefix) / "bin" / "xunfang"  # this checkout's venv
 
-INSTALLED_VENV = "/opt/xunfang/venv/bin/xunfang"
+INSTALLED_VENV = "/opt/xunfang/current/bin/xunfang"
 INSTALLED_CONFIG = "/etc/xunfang/unit.toml"
 
 # Measured with systemd 252 (Debian 12): 1.0, 1.0, 1.4. Each hardening
@@ -368,6 +368,24 @@ def test_install_rejects_bad_arguments(tmp_path: Path) -> None:
     assert install(tmp_path, "--config", str(tmp_path / "missing.toml")).returncode == 2
     assert run(["bash", str(INSTALL), "--dry-run"],
                env={**os.environ, "DESTDIR": "relative/root"}).returncode == 2
+
+
+def test_install_lays_out_versions_behind_current_and_installs_the_updater(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    result = install(root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    updater = root / "usr/local/sbin/xunfang-update"
+    assert updater.read_bytes() == (SYSTEMD / "xunfang-update").read_bytes()
+    assert mode(updater) == 0o755
+    # Without DESTDIR (dry): the venv is built by the updater, into VERSION behind current.
+    env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
+    dry = run(["bash", str(INSTALL), "--dry-run", "--no-apt"], env=env)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "xunfang-update --no-restart" in dry.stdout
+    for name in SERVICES:
+        assert "/opt/xunfang/current/bin/xunfang run" in (SYSTEMD / name).read_text()
 
 
 def test_station_gpsd_drop_in_reaches_only_the_loopback(rendered: Path, tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import gettext
 import re
 import shutil
+import string
 from pathlib import Path
 
 import pytest
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import extract_from_dir, extract_from_file
 from babel.messages.pofile import read_po
 
 import center.report as report
@@ -73,3 +74,36 @@ def test_templates_hold_no_words_outside_the_catalogue() -> None:
         text = re.sub(r"<[^>]+>", "", text)
         words = re.findall(r"[A-Za-z\u4e00-\u9fff]{2,}", text)
         assert words == [], f"{template.name}: {words}"
+
+
+# -- xunfang ca (domain ``ca``) -------------------------------------------------------------
+
+
+def _ca_catalogue() -> dict[str, str]:
+    with (LOCALE / "zh_CN" / "LC_MESSAGES" / "ca.po").open("rb") as f:
+        return {m.id: m.string for m in read_po(f) if m.id}
+
+
+def _fields(text: str) -> set[str]:
+    return {field for _lit, field, _spec, _conv in string.Formatter().parse(text) if field}
+
+
+def test_every_message_of_the_ca_is_translated_with_its_placeholders() -> None:
+    found = extract_from_file("python", REPO / "center" / "ca.py",
+                              keywords={"_": None, "N_": None, "CaError": None})
+    messages = {msg for _line, msg, _comments, _context in found}
+    assert len(messages) > 30
+    zh = _ca_catalogue()
+    assert sorted(messages - zh.keys()) == [], "run pybabel extract/update (center/ca.py)"
+    assert sorted(zh.keys() - messages) == []
+    assert [m for m in messages if not zh[m]] == []
+    for msgid, text in zh.items():
+        assert _fields(msgid) == _fields(text), msgid
+        assert re.search(r"[\u4e00-\u9fff]", text), msgid
+
+
+def test_the_committed_ca_mo_matches_its_po() -> None:
+    with (LOCALE / "zh_CN" / "LC_MESSAGES" / "ca.mo").open("rb") as f:
+        compiled = gettext.GNUTranslations(f)
+    for msgid, text in _ca_catalogue().items():
+        assert compiled.gettext(msgid) == text, msgid

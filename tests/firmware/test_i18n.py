@@ -14,7 +14,7 @@ from babel.messages.pofile import read_po
 from firmware_py.i18n import LOCALE_DIR, choose_language, translator
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("firmware_py/selftest.py", "firmware_py/unitstatus.py")
+SOURCES = ("firmware_py/selftest.py", "firmware_py/unitstatus.py", "firmware_py/enrol.py")
 PO = LOCALE_DIR / "zh_CN" / "LC_MESSAGES" / "xunfang.po"
 
 
