@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -401,3 +402,42 @@ class Proxy:
             self._loop.stop()
         self._loop.call_soon_threadsafe(shutdown)
         self._thread.join(5)
+
+
+# -- the systemd side of sd_notify --------------------------------------------------------------
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET the test owns: collects READY=1 and WATCHDOG=1 with their arrival."""
+
+    def __init__(self, path: Path) -> None:
+        self.address = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.address)
+        self.sock.settimeout(0.2)
+        self._lock = threading.Lock()
+        self.messages: list[tuple[float, dict[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, name="notify", daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            with self._lock:
+                self.messages.append((time.monotonic(), fields))
+
+    def times(self, key: str, since: float = 0.0) -> list[float]:
+        with self._lock:
+            return [t for t, m in self.messages if m.get(key) == "1" and t >= since]
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(2)
