@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from center.ledger import LedgerDB
+from center.ledger import LedgerDatabaseError, LedgerDB
 from firmware_py import topics
 from firmware_py.journal import Journal
 from firmware_py.signing import SigningKey, save_signing_key
@@ -193,9 +193,15 @@ class Site:
     @property
     def reader(self) -> LedgerDB:
         if self._reader is None:
-            wait_until(self.ledger_db.exists, 20, "the ledger database")
-            self._reader = LedgerDB(self.ledger_db, readonly=True)
+            self._reader = wait_until(self._open_ledger, 20, "the ledger database")
         return self._reader
+
+    def _open_ledger(self) -> LedgerDB | None:
+        # The ledger creates its file, then its schema: a reader may come in between.
+        try:
+            return LedgerDB(self.ledger_db, readonly=True)
+        except LedgerDatabaseError:
+            return None
 
     def ledger_prefix(self) -> int:
         info = self.reader.journal(UNIT, self.journal.journal_id)
