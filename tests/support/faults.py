@@ -114,7 +114,8 @@ class Site:
 
     def __init__(self, tmp_path: Path, broker: Mosquitto, *, camera: bool = True,
                  cards: int = 60, unit_host: str | None = None, unit_port: int | None = None,
-                 keepalive_s: int = 30, uplink_prefix: Sequence[str] = ()) -> None:
+                 keepalive_s: int = 30, uplink_prefix: Sequence[str] = (),
+                 mqtt: dict[str, Any] | None = None) -> None:
         self.tmp, self.broker = tmp_path, broker
         self.data = tmp_path / "data"
         self.cards = card_list(cards)
@@ -123,7 +124,7 @@ class Site:
         save_signing_key(ledger_key, tmp_path / "ledger.key")
         sections: dict[str, Any] = {
             "mqtt": {"host": unit_host or broker.host, "port": unit_port or broker.port,
-                     "keepalive_s": keepalive_s, "resend_after_s": 5},
+                     "keepalive_s": keepalive_s, "resend_after_s": 5, **(mqtt or {})},
             "security": {"command_keys": {"centre-test": self.centre_key.public_b64()},
                          "ack_keys": {"ledger-test": ledger_key.public_b64()}},
             "readers": [{"name": "main", "driver": "sim", "port": "sim"}],
