@@ -40,7 +40,7 @@ fi
 # private brokers on free ports, so that one is left alone.
 
 stamp=.venv/.installed
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(sha256sum < pyproject.toml | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: creating .venv and installing xunfang with its test tools" >&2
     python3 -m venv .venv
