@@ -200,6 +200,40 @@ class _ConnectAttempt:
                 _close_socket(self.client)
 
 
+class _LinkWatch:
+    """Notices a silent dead link (a partition, a blackholed route) within a keepalive.
+
+    paho sends PINGREQ only after a keepalive without traffic and then waits another
+    keepalive for PINGRESP: about twice the keepalive before a dead link is noticed,
+    later than the broker's 1.5x for the Last Will. The uplink asks the broker for an
+    answer after half a keepalive without a byte from it, and calls the link dead
+    after a whole keepalive without one.
+    """
+
+    PROBE: ClassVar[str] = "probe"
+    DEAD: ClassVar[str] = "dead"
+
+    def __init__(self, keepalive_s: float) -> None:
+        self.probe_after = keepalive_s / 2
+        self.dead_after = float(keepalive_s)
+        self.heard()
+
+    def heard(self) -> None:
+        """Bytes came from the broker."""
+        self.last_heard = time.monotonic()
+        self.probed = False
+
+    def check(self, now: float) -> str | None:
+        """PROBE once when the link has been quiet for a while, DEAD when it stays quiet."""
+        quiet = now - self.last_heard
+        if quiet >= self.dead_after:
+            return self.DEAD
+        if quiet >= self.probe_after and not self.probed:
+            self.probed = True
+            return self.PROBE
+        return None
+
+
 def _close_socket(client: mqtt.Client) -> None:
     sock = client.socket()
     if sock is not None:
@@ -476,6 +510,7 @@ class UplinkComponent(Component):
         self._closing = False
         self.last_error: str | None = None
         self.window = self.mqtt_cfg.inflight
+        self._link = _LinkWatch(self.mqtt_cfg.keepalive_s)
         self._corked: Any = None  # the socket corked for the current burst (_pump)
 
         # Counters for health (process lifetime; acks_rejected also persisted).
@@ -629,6 +664,8 @@ class UplinkComponent(Component):
                 rc = self._network(client, POLL_S)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._lost_reason is None:
                     self._lost_reason = mqtt.error_string(rc)
+                if self._lost_reason is None and self.state is BrokerState.CONNECTED:
+                    self._watch_link(client)
                 if self._lost_reason is not None:
                     self._drop_connection(self._lost_reason)
             elif self._attempt is not None:
@@ -640,8 +677,7 @@ class UplinkComponent(Component):
             if time.monotonic() >= end:
                 return
 
-    @staticmethod
-    def _network(client: mqtt.Client, timeout: float) -> MQTTErrorCode:
+    def _network(self, client: mqtt.Client, timeout: float) -> MQTTErrorCode:
         """One round of paho's network I/O: wait up to ``timeout`` for the socket.
 
         paho's "external event loop" API rather than ``Client.loop()``: loop()
@@ -661,6 +697,7 @@ class UplinkComponent(Component):
         except (OSError, ValueError):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         if readable or pending:
+            self._link.heard()
             rc = client.loop_read()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return rc
@@ -669,6 +706,18 @@ class UplinkComponent(Component):
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return rc
         return client.loop_misc()
+
+    def _watch_link(self, client: mqtt.Client) -> None:
+        """Probe a quiet link; give up on one that stays silent (see _LinkWatch)."""
+        verdict = self._link.check(time.monotonic())
+        if verdict is _LinkWatch.PROBE:
+            # paho has no public PINGREQ. An UNSUBSCRIBE from a topic the unit never
+            # subscribes to (its own status) is as cheap, changes nothing, and every
+            # broker answers it (UNSUBACK), allowed or not.
+            client.unsubscribe(self.status_topic)
+        elif verdict is _LinkWatch.DEAD:
+            self._lost_reason = (f"nothing from the broker for {self._link.dead_after:.0f} s "
+                                 "(keepalive_s), the link is dead")
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -772,6 +821,7 @@ class UplinkComponent(Component):
         # CONNECT is sent; the CONNACK arrives through our loop.
         self._client = attempt.client
         self._lost_reason = None
+        self._link.heard()
         self._connack_deadline = time.monotonic() + CONNACK_TIMEOUT_S
         self._inflight.clear()
         self._control.clear()

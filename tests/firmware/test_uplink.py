@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from firmware_py.journal import Event, EventRow, Journal
 from firmware_py.journal import _json as stored_json
 from firmware_py.signing import SigningKey
 from firmware_py.statusfile import STATUS_NAME, write_status
-from firmware_py.uplink import EnvelopeEncoder
+from firmware_py.uplink import BrokerState, EnvelopeEncoder
 from tests.support.brokers import Mosquitto
+from tests.support.faults import Proxy
 from tests.support.pki import make_pki
 from tests.support.schemas import validate
 from tests.support.uplink import (
@@ -179,6 +181,60 @@ def test_a_dropped_connection_fires_the_will_and_the_unit_comes_back(
         assert health["broker"]["reconnects"] == 1
     finally:
         gate.close()
+
+
+KEEPALIVE_S = 5  # the smallest the config takes
+# The goal is 1.5x the keepalive; the 2 s on top are for a busy machine. paho alone
+# needs twice the keepalive after the last packet from the broker.
+DEAD_LINK_BOUND_S = 1.5 * KEEPALIVE_S + 2
+
+
+@pytest.fixture
+def relay(mosquitto: Mosquitto) -> Iterator[Proxy]:
+    proxy = Proxy(mosquitto.host, mosquitto.port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+def test_a_silent_dead_link_is_noticed_within_one_and_a_half_keepalives(
+        mosquitto: Mosquitto, relay: Proxy, rigs: Callable[..., UnitRig]) -> None:
+    rig = rigs(relay.port, mqtt={"keepalive_s": KEEPALIVE_S})
+    w = watch(mosquitto)
+    up = rig.start()
+    rig.wait_connected()
+    rig.append(1)
+    # The PUBACK just came: the broker was last heard from now, the worst case for paho.
+    wait_until(lambda: up.pubacks >= 1, 10, "the PUBACK of event 1")
+    relay.set("blackhole")
+    cut = time.monotonic()
+    rig.append(3, start=1)  # recorded while the link is silently dead
+    wait_until(lambda: up.state is BrokerState.DISCONNECTED, 4 * KEEPALIVE_S,
+               "the uplink to notice the dead link")
+    noticed = time.monotonic() - cut
+    assert noticed < DEAD_LINK_BOUND_S, f"noticed after {noticed:.1f} s"
+    assert "the link is dead" in (up.last_error or "")
+    # Nothing is lost: the reconnect sends what the dead link swallowed.
+    relay.set("pass")
+    relay.cut()  # a reconnect made through the blackhole waits for a CONNACK: end it
+    w.wait_seq(4, timeout=30)
+    assert {e["seq"] for e in w.events()} >= {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_quiet_healthy_link_is_kept(mosquitto: Mosquitto, rigs: Callable[..., UnitRig],
+                                      protocol: str) -> None:
+    rig = rigs(mosquitto.port, mqtt={"keepalive_s": KEEPALIVE_S, "protocol": protocol})
+    up = rig.start()
+    rig.wait_connected()
+    # Nothing to send for three keepalives: the broker's answers to the uplink's own
+    # probes keep the link alive, on both protocol versions.
+    quiet_until = time.monotonic() + 3 * KEEPALIVE_S
+    while time.monotonic() < quiet_until:
+        assert up.state is BrokerState.CONNECTED, up.last_error
+        time.sleep(0.1)
+    assert up.connects == 1, up.last_error
 
 
 # -- events --------------------------------------------------------------------------------------
