@@ -31,7 +31,11 @@ from tests.support.uplink import Watcher, wait_until
 
 Factory = Callable[..., Mosquitto]
 KEEPALIVE_S = 5  # the smallest the config takes: the shortest honest run
-NOTICE_BOUND_S = 3 * KEEPALIVE_S + 5  # generous: paho pings after a keepalive of silence
+# The uplink's goal is 1.5x the keepalive; 2 s on top for a busy machine.
+UNIT_NOTICE_BOUND_S = 1.5 * KEEPALIVE_S + 2
+# The broker's Last Will: 1.5x the keepalive after the unit's last packet, and Mosquitto
+# checks keepalives only every few seconds; generous.
+NOTICE_BOUND_S = 3 * KEEPALIVE_S + 5
 # Repeated faults minutes apart would grow the reconnect backoff to its 120 s default cap;
 # a lower cap keeps the runs short without changing what they prove.
 MQTT = {"reconnect_max_s": 8}
@@ -184,7 +188,7 @@ def test_partition_in_a_network_namespace_loses_nothing_and_is_noticed(
           f"{[round(u, 1) for u, _ in notices]} s (worst {unit_worst:.1f} s = "
           f"{unit_worst / KEEPALIVE_S:.2f}x), broker's Last Will after "
           f"{[round(b, 1) for _, b in notices]} s; green taps {len(taps.green)}")
-    assert unit_worst <= NOTICE_BOUND_S
+    assert unit_worst <= UNIT_NOTICE_BOUND_S
     assert broker_worst <= NOTICE_BOUND_S
 
 
@@ -239,5 +243,5 @@ def test_delay_loss_and_a_blackhole_lose_nothing(
           f"{[round(u, 1) for u, _ in notices]} s (worst {unit_worst / KEEPALIVE_S:.2f}x); "
           f"broker's Last Will after {[round(b, 1) for _, b in notices]} s; proxy "
           f"connections {proxy.connections}; green taps {len(taps.green)}")
-    assert unit_worst <= NOTICE_BOUND_S
+    assert unit_worst <= UNIT_NOTICE_BOUND_S
     assert all(b <= NOTICE_BOUND_S for _, b in notices)
