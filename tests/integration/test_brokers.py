@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -436,6 +437,30 @@ def test_nats_mqtt_gateway_passes_a_qos1_message_over_3_1_1(nats_mqtt: NatsServe
     pub = nats_mqtt.probe(UNIT)
     assert pub.publish(topic(UNIT, "events/checkin"), b"{}").value == 0
     assert sub.expect(topic(UNIT, "events/checkin")).qos == 1
+
+
+def unsubscribe_answered(probe: MqttProbe, topic_filter: str) -> bool:
+    """Whether the broker answers an UNSUBSCRIBE (UNSUBACK) within a few seconds."""
+    answered = threading.Event()
+    probe.client.on_unsubscribe = lambda *_args: answered.set()
+    probe.client.unsubscribe(topic_filter)
+    return answered.wait(5)
+
+
+# The uplink asks a quiet broker for an answer by unsubscribing from its own status
+# topic, which it never subscribes to (firmware_py/uplink.py, _LinkWatch): every broker
+# the unit supports must answer that, whatever its ACL allows.
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_the_uplinks_link_probe_is_answered_under_the_shipped_acl(
+        acl_broker: Mosquitto, protocol: str) -> None:
+    unit = acl_broker.probe(UNIT, protocol=protocol)
+    assert unsubscribe_answered(unit, topic(UNIT, "status"))
+
+
+def test_the_uplinks_link_probe_is_answered_by_the_nats_mqtt_gateway(
+        nats_mqtt: NatsServer) -> None:
+    unit = nats_mqtt.probe(UNIT)
+    assert unsubscribe_answered(unit, topic(UNIT, "status"))
 
 
 def test_nats_refuses_mqtt5(nats_mqtt: NatsServer) -> None:
