@@ -1,4 +1,4 @@
-"""The IP camera's stream killed and restored while cards are tapped (invariants 1, 3).
+"""The IP camera's stream killed and restored while cards are tapped (invariants 1, 2 and 7).
 
 The unit runs as three processes (station, camera, uplink) beside a real ledger and
 Mosquitto; its camera is an HTTP MJPEG source (``tests/support/mjpeg.py``) that dies

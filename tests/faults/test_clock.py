@@ -1,5 +1,5 @@
 """The wall clock jumping forward and back under the running unit, and the unit coming up
-with its clock at 1970 (invariants 1, 4 and 5).
+with its clock at 1970 (invariants 2, 5 and 6).
 
 The unit runs as three processes (station, uplink, beside a real ledger and Mosquitto);
 a clock jump reaches them through ``XUNFANG_CLOCK_OFFSET_S`` and ``XUNFANG_CLOCK_SYNCED``

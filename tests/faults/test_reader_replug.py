@@ -1,4 +1,4 @@
-"""The card reader unplugged and plugged back again and again between taps (invariants 1, 2).
+"""The card reader unplugged and plugged back again and again between taps (invariants 1, 2 and 7).
 
 The station runs in this process on gpiozero's mock pins, so that the test can pull the
 sim reader's cable: :meth:`~drivers.readers.sim.SimReader.unplug` closes the device-side
