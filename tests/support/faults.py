@@ -115,7 +115,8 @@ class Site:
     def __init__(self, tmp_path: Path, broker: Mosquitto, *, camera: bool = True,
                  cards: int = 60, unit_host: str | None = None, unit_port: int | None = None,
                  keepalive_s: int = 30, uplink_prefix: Sequence[str] = (),
-                 mqtt: dict[str, Any] | None = None) -> None:
+                 mqtt: dict[str, Any] | None = None, patrol: dict[str, Any] | None = None,
+                 cameras: list[dict[str, Any]] | None = None) -> None:
         self.tmp, self.broker = tmp_path, broker
         self.data = tmp_path / "data"
         self.cards = card_list(cards)
@@ -129,9 +130,11 @@ class Site:
                          "ack_keys": {"ledger-test": ledger_key.public_b64()}},
             "readers": [{"name": "main", "driver": "sim", "port": "sim"}],
             "feedback": {"ok_led": 17, "error_led": 27, "buzzer": 22},
-            "patrol": {"visit_gap_s": 1},
+            "patrol": {"visit_gap_s": 1, **(patrol or {})},
         }
-        if camera:
+        if cameras is not None:
+            sections["cameras"] = cameras
+        elif camera:
             scene = tmp_path / "scene.avi"
             rng = np.random.default_rng(7)
             write_video(scene, [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
