@@ -1,6 +1,6 @@
 """The centre's event ledger: store every unit's events once, acknowledge what is stored.
 
-A broker's PUBACK only says the broker took a message (MQTT-API.md, "End-to-end
+A broker's PUBACK only says the broker took a message (docs/mqtt-api.md, "End-to-end
 acknowledgement"), so a unit keeps every event until the ledger says it is
 *stored*. The ledger is one process per site:
 

@@ -2,7 +2,7 @@
 
 Desired state is retained on ``…/{unit or _all}/desired/{name}`` (a unit that
 is offline gets the newest when it reconnects); one-shot commands go
-non-retained to ``…/cmd``. Each is a signed envelope (MQTT-API.md) made with
+non-retained to ``…/cmd``. Each is a signed envelope (docs/mqtt-api.md) made with
 the centre's private key. ``send`` then waits a few seconds (``--wait``) for
 the units' ``command`` events that name the envelope's id, and prints which
 units applied it, which rejected it and why, and which did not answer (the

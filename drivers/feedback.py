@@ -20,7 +20,7 @@ pattern      meaning                                    green       red        b
 ============ ========================================== =========== ========== ==========
 
 Green means on disk: the station shows ``recorded``, ``alone`` and
-``off_duty`` only after the tap's event is committed (ARCHITECTURE.md,
+``off_duty`` only after the tap's event is committed (docs/architecture.md,
 invariant 1). Each pattern stays distinct with any one of the three outputs
 fitted, except that a buzzer alone cannot tell ``recorded`` from
 ``off_duty``.

@@ -25,7 +25,7 @@ written with that object in one transaction.
 
 **The status file** ``{runtime_dir}/station.json`` does not depend on the
 journal: when the journal is what fails (a full or dying SD card), the fault
-must still reach the centre (ARCHITECTURE.md, invariant 1). It is written at
+must still reach the centre (docs/architecture.md, invariant 1). It is written at
 start, at once on every journal failure and recovery and reader change, and
 every :attr:`CheckinPart.status_every_s` otherwise; :func:`read_status`
 reads it (for the uplink's health, or a person: ``cat

@@ -1,8 +1,8 @@
 """Signed commands and desired documents from the centre: verify, then apply or reject.
 
-Only the command centre commands a unit (ARCHITECTURE.md, invariant 5). The
+Only the command centre commands a unit (docs/architecture.md, invariant 5). The
 uplink hands every message it receives on ``…/desired/{name}`` and ``…/cmd``
-to :meth:`CommandProcessor.handle`, which runs the checks of MQTT-API.md ("To
+to :meth:`CommandProcessor.handle`, which runs the checks of docs/mqtt-api.md ("To
 a unit") before anything enters the journal:
 
 1. the topic is this unit's own or its site's ``_all``;
@@ -88,7 +88,7 @@ __all__ = ["MAX_PAYLOAD_BYTES", "REASONS", "CommandProcessor", "Outcome"]
 
 log = logging.getLogger("xunfang.commands")
 
-#: Largest message looked at (MQTT-API.md: 256 KiB).
+#: Largest message looked at (docs/mqtt-api.md: 256 KiB).
 MAX_PAYLOAD_BYTES = 256 * 1024
 #: Rejection events: a burst of this many …
 REJECT_BURST = 20

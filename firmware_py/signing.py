@@ -1,7 +1,7 @@
 """Signed envelopes: Ed25519 keys, canonical bytes, signing and signature checks.
 
 The centre signs every command, desired-state document and ack it sends a
-unit (MQTT-API.md, "Signed envelope"); the unit checks the signature against
+unit (docs/mqtt-api.md, "Signed envelope"); the unit checks the signature against
 the public keys in its config before anything else looks at the message.
 This module does the cryptographic half only: whether the target, expiry and
 id of a correctly signed message are acceptable is the command handler's job.
@@ -334,7 +334,7 @@ class SigningKey:
         id: str | None = None,
         clock: Clock | None = None,
     ) -> dict[str, JSONValue]:
-        """A signed envelope, exactly as MQTT-API.md lays it out.
+        """A signed envelope, exactly as docs/mqtt-api.md lays it out.
 
         ``issued_at`` defaults to now (from ``clock``, else the system clock);
         the envelope always has an ``expires_at``: the one given, else

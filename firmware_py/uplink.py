@@ -1,7 +1,7 @@
 """The uplink: ships the journal to the command centre over MQTT and keeps it until acknowledged.
 
 ``xunfang run uplink`` is the only process of a unit that speaks to the
-network (ARCHITECTURE.md, invariant 4). It
+network (docs/architecture.md, invariant 4). It
 
 - connects with a persistent session (MQTT 5 ``clean_start=False`` with a
   7-day session expiry, or 3.1.1 ``clean_session=False``), a retained Last
@@ -11,7 +11,7 @@ network (ARCHITECTURE.md, invariant 4). It
   QoS 1, at most one in-flight window (``[mqtt] inflight``, further capped by
   an MQTT 5 broker's Receive Maximum) unanswered at a time;
 - keeps every event until the centre's ledger acknowledges it with a signed,
-  retained ``…/ack`` (MQTT-API.md, End-to-end acknowledgement): a PUBACK only
+  retained ``…/ack`` (docs/mqtt-api.md, End-to-end acknowledgement): a PUBACK only
   says the broker took the message. With ``[mqtt] centre_ack = false`` the
   contiguous prefix of PUBACKed events counts as acknowledged instead;
 - re-sends: after every reconnect from the first unacknowledged event, and
@@ -113,7 +113,7 @@ RESERVE_AHEAD = 1000
 BATCH = 512
 #: Events encoded ahead while the window is full (at least two windows).
 PREPARE_AHEAD = 64
-#: Largest message from the centre we look at (MQTT-API.md: 256 KiB).
+#: Largest message from the centre we look at (docs/mqtt-api.md: 256 KiB).
 MAX_INBOUND_BYTES = 256 * 1024
 #: The resend wait doubles up to this many times ``resend_after_s`` …
 RESEND_WAIT_CAP_FACTOR = 16
@@ -1337,7 +1337,7 @@ class UplinkComponent(Component):
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def birth(self) -> dict[str, Any]:
-        """The retained birth status (MQTT-API.md, Status)."""
+        """The retained birth status (docs/mqtt-api.md, Status)."""
         self._flush_ack(force=True)
         return {
             "online": True,
@@ -1479,7 +1479,7 @@ class UplinkComponent(Component):
         return out
 
     def health_report(self) -> dict[str, Any]:
-        """The retained health message (MQTT-API.md, Health; ``docs/schemas/health.json``)."""
+        """The retained health message (docs/mqtt-api.md, Health; ``docs/schemas/health.json``)."""
         self._flush_ack(force=True)
         j = self.journal
         cfg = self.ctx.config

@@ -19,6 +19,8 @@ command -v nats-server >/dev/null || need_apt+=(nats-server)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v shellcheck >/dev/null || need_apt+=(shellcheck)
+# Loop-mounted ext4 file systems: the full-disk tests.
+command -v mkfs.ext4 >/dev/null || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
 # gpsd, and gpsfake (in gpsd-clients) to replay receiver captures through it.
 [ -x /usr/sbin/gpsd ] || need_apt+=(gpsd)
 command -v gpsfake >/dev/null || need_apt+=(gpsd-clients)

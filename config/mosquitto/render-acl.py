@@ -11,7 +11,7 @@ nothing. The site's ledger reads the same inventory (`xunfang ledger
 --inventory`) and stores events of listed units only.
 
 Inventory: one unit per line, `<unit id> <site>` (space, tab or comma
-separated); `#` starts a comment. Both match [a-z0-9-]{1,32} (MQTT-API.md).
+separated); `#` starts a comment. Both match [a-z0-9-]{1,32} (docs/mqtt-api.md).
 
     python3 render-acl.py --units /etc/mosquitto/xunfang-units.txt \
         --template acl --output /etc/mosquitto/xunfang.acl

@@ -12,7 +12,7 @@ A driver has two halves, in the manner of ``serial.threaded``:
   ``on_card``, reopens a port that went away with capped backoff, reports
   ``online``/``offline`` through ``on_state``, and power-cycles a hung reader
   through an optional relay. Nothing a reader sends, and no exception a
-  callback raises, stops the thread (ARCHITECTURE.md, invariant 7).
+  callback raises, stops the thread (docs/architecture.md, invariant 7).
 
 Callbacks run on the reader's thread::
 
@@ -67,7 +67,7 @@ OFFLINE = "offline"
 
 @dataclass(frozen=True, slots=True)
 class CardRead:
-    """One tap: ``card_hex`` is the canonical upper-case hex id (MQTT-API.md).
+    """One tap: ``card_hex`` is the canonical upper-case hex id (docs/mqtt-api.md).
 
     ``raw`` is the bytes the id came from (the frame, line or target data),
     ``at_mono`` the ``time.monotonic()`` (or injected clock) when it completed.

@@ -1,7 +1,7 @@
 """Card ids and the forms a card list may name them by.
 
 A reader reports a card as canonical upper-case hex of its id bytes
-(``MQTT-API.md``): an EM4100 tag as five bytes (customer byte and 32-bit
+(``docs/mqtt-api.md``): an EM4100 tag as five bytes (customer byte and 32-bit
 number, ``14008EC793``), an ISO 14443A tag as its 4-, 7- or 10-byte UID.
 
 Installers enrol EM4100 cards by what is printed on them, so a card list

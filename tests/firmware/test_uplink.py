@@ -400,7 +400,7 @@ def test_a_bad_ack_changes_nothing_and_is_counted(
 
 
 def test_a_lower_ack_is_ignored_not_rejected(acked_unit: tuple[UnitRig, Watcher]) -> None:
-    # MQTT-API.md: "an ack below the current one is ignored". A retained ack and
+    # docs/mqtt-api.md: "an ack below the current one is ignored". A retained ack and
     # the older ones queued in the session arrive again after every reconnect;
     # counting them as rejected would raise a false alarm at the centre.
     rig, w = acked_unit

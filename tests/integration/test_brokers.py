@@ -1,6 +1,6 @@
 """The real-broker fixtures, and the shipped Mosquitto config and ACL, against real brokers.
 
-What the ACL must do is MQTT-API.md's contract: a unit writes only its own
+What the ACL must do is docs/mqtt-api.md's contract: a unit writes only its own
 status/events/health, reads only its own desired/cmd/ack and its own site's
 `_all`; only the centre commands and only the ledger acknowledges.
 

@@ -1,6 +1,6 @@
 """End to end: unit journal → uplink → real broker → real ledger → signed ack, under faults.
 
-Invariant 2 (ARCHITECTURE.md): every event reaches the centre's ledger,
+Invariant 2 (docs/architecture.md): every event reaches the centre's ledger,
 in order, exactly once in effect, through broker outages and crashes, uplink
 crashes, a broker queue that overflows, TLS and ACL brokers and NATS's MQTT
 gateway. Every test ends the same way: the ledger holds every sequence
