@@ -24,6 +24,7 @@ from tests.support.brokers import Mosquitto, render_acl
 from tests.support.daemon import Daemon
 from tests.support.footage import clip_path
 from tests.support.units import write_unit_config
+from tests.support.uplink import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 XUNFANG = Path(sys.executable).parent / "xunfang"
@@ -346,10 +347,8 @@ def test_while_the_station_runs_it_is_asked_not_bypassed(tmp_path: Path,
     station.start()
     try:
         status = tmp_path / "data/run/station.json"
-        deadline = time.monotonic() + 30
-        while not (status.exists() and '"online"' in status.read_text()):
-            assert time.monotonic() < deadline, station.text()
-            time.sleep(0.1)
+        wait_until(lambda: status.exists() and '"online"' in status.read_text(), 30,
+                   "the running station's status file", step=0.1)
         assert station.proc is not None
         done = check(cfg, "--lang", "en", "--skip", "broker", "--light-seconds", "0.2",
                      root=system_root)
@@ -373,10 +372,8 @@ def test_a_station_with_lights_only_is_found_by_its_lock(tmp_path: Path,
     station.start()
     try:
         lock = tmp_path / "data/run/lights.lock"
-        wait = time.monotonic() + 30
-        while not (lock.exists() and lock.read_text().strip().isdigit()):
-            assert time.monotonic() < wait, station.text()
-            time.sleep(0.1)
+        wait_until(lambda: lock.exists() and lock.read_text().strip().isdigit(), 30,
+                   "the station's lights lock", step=0.1)
         done = check(cfg, "--lang", "en", "--skip", "broker", "--skip", "lights",
                      root=system_root)
     finally:

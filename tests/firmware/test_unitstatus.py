@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from firmware_py.signing import SigningKey, save_signing_key
 from tests.support.brokers import Mosquitto
 from tests.support.daemon import Daemon
 from tests.support.units import ACK_KEY, write_unit_config
+from tests.support.uplink import wait_until
 
 XUNFANG = Path(sys.executable).parent / "xunfang"
 UNIT, SITE = "zt-pp-03", "zhuantang"
@@ -38,13 +38,7 @@ def xunfang(*args: str, timeout: float = 60, **env: str) -> subprocess.Completed
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return wait_until(predicate, timeout, what, step=0.1)
 
 
 @pytest.fixture(scope="module")
