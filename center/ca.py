@@ -36,7 +36,6 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import gettext
 import ipaddress
 import json
 import os
@@ -53,6 +52,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from center.i18n import DEFAULT_LANGUAGE, LANGUAGES, Catalogue
 from center.inventory import RESERVED, InventoryError, load_inventory
 from firmware_py import topics
 from firmware_py.enrol import SITE_URN
@@ -75,27 +75,13 @@ BACKDATE = dt.timedelta(hours=1)
 # -- messages ------------------------------------------------------------------------------
 
 DOMAIN = "ca"
-LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-LANGUAGES = {"zh-CN": "zh_CN", "en": "en"}
-DEFAULT_LANGUAGE = "zh-CN"
-
-_translation: gettext.NullTranslations = gettext.NullTranslations()
-
-
-def use_language(lang: str = DEFAULT_LANGUAGE) -> None:
-    """Speak ``zh-CN`` (the catalogue) or ``en`` (the messages as written) from now on."""
-    global _translation
-    code = LANGUAGES.get(lang)
-    if code is None:
-        raise ValueError(f"language {lang!r}: choose one of {', '.join(LANGUAGES)}")
-    if code == "en":
-        _translation = gettext.NullTranslations()
-    else:
-        _translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[code])
+_catalogue = Catalogue(DOMAIN)
+use_language = _catalogue.use
+LOCALE_DIR = _catalogue.locale_dir
 
 
 def _(message: str) -> str:
-    return _translation.gettext(message)
+    return _catalogue.gettext(message)
 
 
 def N_(message: str) -> str:
@@ -103,9 +89,6 @@ def N_(message: str) -> str:
     return message
 
 
-# Chinese from the start; a missing catalogue (a broken install) must not stop the CLI.
-_translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[LANGUAGES[DEFAULT_LANGUAGE]],
-                                   fallback=True)
 
 
 class CaError(XunfangError, ValueError):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import codecs
 import csv
-import gettext
 import hashlib
 import io
 import json
@@ -62,6 +61,7 @@ from firmware_py.desired import MAX_BADGE_LEN, ArgsInvalid, card_form_ok, time_m
 from firmware_py.exc import SignatureError
 from firmware_py.signing import load_signing_key
 
+from .i18n import DEFAULT_LANGUAGE, LANGUAGES, Catalogue
 from .register_store import RegisterStore, RegisterStoreError, StoredVersion
 from .send import CARDS_VALID_S, DEFAULT_WAIT_S, Message, Report, parse_duration, send
 from .session import (
@@ -84,31 +84,17 @@ __all__ = ["COLUMNS", "ROLES", "Diff", "InForce", "Problem", "RegisterError", "R
 # -- messages -----------------------------------------------------------------------------------
 
 DOMAIN = "register"
-LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-LANGUAGES = {"zh-CN": "zh_CN", "en": "en"}
-DEFAULT_LANGUAGE = "zh-CN"
-
-_translation: gettext.NullTranslations = gettext.NullTranslations()
-
-
-def use_language(lang: str = DEFAULT_LANGUAGE) -> None:
-    """Speak ``zh-CN`` (the catalogue) or ``en`` (the messages as written) from now on."""
-    global _translation
-    code = LANGUAGES.get(lang)
-    if code is None:
-        raise ValueError(f"language {lang!r}: choose one of {', '.join(LANGUAGES)}")
-    if code == "en":
-        _translation = gettext.NullTranslations()
-    else:
-        _translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[code])
+_catalogue = Catalogue(DOMAIN)
+use_language = _catalogue.use
+LOCALE_DIR = _catalogue.locale_dir
 
 
 def _(message: str) -> str:
-    return _translation.gettext(message)
+    return _catalogue.gettext(message)
 
 
 def ngettext(singular: str, plural: str, n: int) -> str:
-    return _translation.ngettext(singular, plural, n)
+    return _catalogue.ngettext(singular, plural, n)
 
 
 def N_(message: str) -> str:
@@ -116,9 +102,6 @@ def N_(message: str) -> str:
     return message
 
 
-# Chinese from the start; a missing catalogue (a broken install) must not stop the CLI.
-_translation = gettext.translation(DOMAIN, LOCALE_DIR, languages=[LANGUAGES[DEFAULT_LANGUAGE]],
-                                   fallback=True)
 
 # -- the columns --------------------------------------------------------------------------------
 
