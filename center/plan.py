@@ -27,7 +27,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from firmware_py.config import NAME_PATTERN, describe_error, key_path, parse_window
+from firmware_py.config import (
+    NAME_PATTERN,
+    check_windows,
+    describe_error,
+    int_keys,
+    key_path,
+    parse_window,
+)
 from firmware_py.exc import ConfigInvalid, ConfigUnreadable
 
 if TYPE_CHECKING:
@@ -145,20 +152,12 @@ class Plan(Section):
     @field_validator("windows")
     @classmethod
     def _windows(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, window in value.items():
-            try:
-                parse_window(window)
-            except ValueError as err:
-                raise ValueError(f"window {name!r}: {err}") from None
-        return value
+        return check_windows(value)
 
     @field_validator("rounds", mode="before")
     @classmethod
     def _level_keys(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {int(k) if isinstance(k, str) and k.isdigit() else k: v
-                    for k, v in value.items()}
-        return value
+        return int_keys(value)
 
     # -- derived ----------------------------------------------------------------------
 

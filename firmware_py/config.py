@@ -92,10 +92,20 @@ def parse_window(text: str) -> tuple[int, int]:
     return start, end
 
 
-def _int_keys(value: Any) -> Any:
+def int_keys(value: Any) -> Any:
     """TOML table keys are strings (``{ 3 = 120 }`` reads as ``{"3": 120}``): levels are ints."""
     if isinstance(value, dict):
         return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+    return value
+
+
+def check_windows(value: dict[str, str]) -> dict[str, str]:
+    """Named daily windows (``{"night": "23:00-05:00"}``), each one checked."""
+    for name, window in value.items():
+        try:
+            parse_window(window)
+        except ValueError as err:
+            raise ValueError(f"window {name!r}: {err}") from None
     return value
 
 
@@ -271,7 +281,7 @@ class LightConfig(Section):
     @field_validator("level_modes", mode="before")
     @classmethod
     def _level_keys(cls, value: Any) -> Any:
-        return _int_keys(value)
+        return int_keys(value)
 
     @model_validator(mode="after")
     def _modes_fit_pins(self) -> LightConfig:
@@ -336,17 +346,12 @@ class PatrolSection(Section):
     @field_validator("windows")
     @classmethod
     def _windows(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, window in value.items():
-            try:
-                parse_window(window)
-            except ValueError as err:
-                raise ValueError(f"window {name!r}: {err}") from None
-        return value
+        return check_windows(value)
 
     @field_validator("round_every_min", mode="before")
     @classmethod
     def _level_keys(cls, value: Any) -> Any:
-        return _int_keys(value)
+        return int_keys(value)
 
 
 class DutySection(Section):
@@ -476,7 +481,7 @@ class CameraConfig(Section):
     @field_validator("sensitivity", mode="before")
     @classmethod
     def _level_keys(cls, value: Any) -> Any:
-        return _int_keys(value)
+        return int_keys(value)
 
     @model_validator(mode="after")
     def _clip_lengths(self) -> CameraConfig:
