@@ -1350,6 +1350,8 @@ class UplinkComponent(Component):
             "cards_version": self._cards_version(),
             "lights": {name: dev["state"] for name, dev in
                        self._devices("lights", list(self.ctx.config.lights)).items()},
+            # Names of the keys it takes commands from: the centre checks its own first.
+            "trusted_keys": sorted(self.ctx.config.security.command_keys),
             # The ledger starts a journal it has never seen after acked_seq.
             "journal": self.journal_id,
             "acked_seq": self._acked,

@@ -35,6 +35,7 @@ from tests.support.pki import make_pki
 from tests.support.schemas import validate
 from tests.support.uplink import (
     ACK_KEY_NAME,
+    COMMAND_KEY_NAME,
     SITE,
     UNIT,
     Gate,
@@ -89,6 +90,8 @@ def test_birth_is_retained_and_names_the_journal_position(
     assert doc["boot_id"] and doc["level"] == 3 and doc["cards_version"] is None
     assert doc["journal"] == rig.journal_id and doc["acked_seq"] == 2
     assert doc["centre_ack"] is True
+    # The names of its command keys, never its ack keys: the centre checks its key first.
+    assert doc["trusted_keys"] == [COMMAND_KEY_NAME]
 
 
 def test_birth_reports_level_and_card_list_from_the_journal_state(
