@@ -44,7 +44,7 @@ CREATE TABLE desired_documents (
     expires_ms  BIGINT  NOT NULL,          -- the envelope's expires_at
     sent_ms     BIGINT  NOT NULL,
     envelope    TEXT    NOT NULL,          -- the signed payload as published
-    rejected    INTEGER NOT NULL,          -- 1: a unit rejected it; never in force
+    rejected    INTEGER NOT NULL,          -- 1: a unit rejected it (never in force)
     replaced_by TEXT,                      -- the document put back in its place, if any
     restored_ms BIGINT,                    -- last time it was put back as the retained one
     PRIMARY KEY (id, target)
