@@ -271,3 +271,82 @@ def test_with_db_every_document_and_answer_is_recorded_and_the_good_one_comes_fr
     finally:
         book.close()
     assert [level_of(r) for r in rigs] == [1, 1]
+
+
+# -- desired show ------------------------------------------------------------------------------
+
+
+def show(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["desired", "show", "--site", SITE, *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def lines_of(out: str, unit: str) -> list[str]:
+    """The lines of one unit's block in ``desired show``'s output."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  {unit}  "))
+    block = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith("    "):
+            break
+        block.append(line)
+    return block
+
+
+def test_desired_show_puts_what_is_in_force_next_to_what_units_report(
+        mosquitto: Mosquitto, units: Callable[..., UnitRig], keys: dict[str, Path],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rigs = [units(mosquitto.port, u) for u in UNITS]
+    db = tmp_path / "centre.db"
+    code, out, err = run_send(capsys, mosquitto, keys["good"], "level", "1", "--db", str(db))
+    assert code == 0, out + err
+    first = sent_id(out)
+    # zt-pp-04 goes offline; the site then goes to level 2, which only zt-pp-03 applies.
+    rigs[1].stop()
+    code, out, err = run_send(capsys, mosquitto, keys["good"], "level", "2", "--db", str(db),
+                              wait=3)
+    assert code == 0, out + err
+    second = sent_id(out)
+    # A rejected document is never in force.
+    code, out, err = run_send(capsys, mosquitto, keys["stranger"], "level", "3", "--force",
+                              "--db", str(db))
+    assert code == 1
+
+    # The unit republishes its status within a second or so of the change.
+    status = topics.status(SITE, UNITS[0])
+    wait_until(lambda: json.loads(retained(mosquitto, status) or b"{}").get("level") == 2, 10,
+               f"{UNITS[0]}'s status to report level 2")
+    broker = ["--broker", f"127.0.0.1:{mosquitto.port}"]
+    code, out, err = show(capsys, "--db", str(db), *broker, "--lang", "en")
+    assert code == 0, err
+    assert out.startswith(f"site {SITE}: in force from the database {db}; reported by the "
+                          "units\n")
+    assert f"    level    level 2 ({second[:12]}…)" in out, out          # the whole site
+    here = lines_of(out, UNITS[0])
+    assert here[0] == f"  {UNITS[0]}  online"
+    assert f"    level    in force: level 2 ({second[:12]}…)   = reported: level 2" in here
+    assert "    cards    in force: no card list ({})   = reported: no card list".replace(
+        " ({})", "") in here
+    gone = lines_of(out, UNITS[1])
+    assert gone[0] == f"  {UNITS[1]}  offline"
+    level_line = next(line for line in gone if line.startswith("    level"))
+    assert level_line.startswith(f"    level    in force: level 2 ({second[:12]}…)   ≠ "
+                                 "reported: level ")
+    assert level_line.endswith("   differs")
+    assert first[:12] not in out
+    # Chinese by default; --json for scripts.
+    code, out, _ = show(capsys, "--db", str(db), *broker)
+    assert code == 0 and f"站点 {SITE}" in out and "不一致" in out
+    code, out, _ = show(capsys, "--db", str(db), *broker, "--json")
+    report = json.loads(out)
+    assert report["whole_site"]["level"]["id"] == second
+    assert report["units"][UNITS[0]]["level"]["differs"] is False
+    assert report["units"][UNITS[1]]["level"]["differs"] is True
+    # Without a database: what is retained on the broker is what is in force.
+    code, out, _ = show(capsys, *broker, "--lang", "en")
+    assert code == 0 and "in force from the documents retained on the broker" in out
+    assert f"    level    level 2 ({second[:12]}…)" in out
+    # Neither: usage.
+    code, _, err = show(capsys, "--lang", "en")
+    assert code == 2 and "give --db PATH, --broker HOST:PORT, or both" in err
