@@ -72,7 +72,10 @@ resend everything.
 with the payload as received), ``journals`` (base, prefix, highest, count and
 the last published ack per unit and journal), ``units`` (active journal and
 last status), ``counters`` and ``rejects`` (a bounded quarantine of the last
-rejected or malformed messages: topic, reason, first bytes; never events).
+rejected or malformed messages: topic, reason, first bytes; never events), and
+since schema 2 ``desired_documents`` and ``desired_outcomes``, what ``send --db``
+published and each unit's answer (:mod:`center.desired_book`). An older file
+gets the newer tables at start (:data:`MIGRATIONS`).
 
 Example::
 

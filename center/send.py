@@ -18,8 +18,17 @@ site's units are known from their retained status messages)::
       offline    zt-pp-06  (gets it when it reconnects)
     4 unit(s): 1 applied, 1 rejected, 1 no answer, 1 offline
 
+Before publishing, ``send`` checks the message against the site's retained
+statuses (:func:`check`): the key must be one the units list in
+``trusted_keys``, a ``--unit`` must be in the inventory (or known), a light
+must be one the units have; otherwise it refuses, publishing nothing, unless
+``--force``. When units reject a desired document anyway, the last good one
+(from the centre database with ``--db``, else the one retained before) is put
+back as the retained one, signed as it was (:func:`_restore`).
+
 Exit status: 0 when no unit rejected and every unit expected to answer did;
-1 when one rejected or did not answer, or the broker refused; 2 for bad usage.
+1 when one rejected or did not answer, or the broker refused; 2 for bad usage
+or a refused check.
 """
 
 from __future__ import annotations
