@@ -23,6 +23,7 @@ import json
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +207,12 @@ def read_broker(session: CentreSession, site: str) -> _Retained:
 # -- output -------------------------------------------------------------------------------------
 
 
+def _pad(text: str, width: int) -> str:
+    """``text`` padded to ``width`` terminal columns (a Chinese character takes two)."""
+    used = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(1, width - used)
+
+
 def _short(ident: str) -> str:
     return clean(ident, 13)     # 12 characters, then … when longer
 
@@ -266,7 +273,7 @@ def show(site: str, units: list[str], docs: dict[str, dict[str, Document | None]
     for name in NAMES:
         site_doc = docs[name].get(topics.ALL_UNITS)
         site_doc = None if site_doc is not None and site_doc.ended(now_ms) else site_doc
-        print(f"    {_(NAME_WORDS[name]):<8} {describe(name, site_doc)}", file=out)
+        print(f"    {_pad(_(NAME_WORDS[name]), 9)}{describe(name, site_doc)}", file=out)
     differing = 0
     for unit in units:
         rep = reports.get(unit, Reported())
@@ -276,8 +283,8 @@ def show(site: str, units: list[str], docs: dict[str, dict[str, Document | None]
             doc = in_force(docs[name], unit, now_ms)
             said, differs = compare(name, doc, rep)
             mark = "≠" if differs else ("=" if differs is False else "?")
-            line = "    {name:<8} {in_force}   {mark} {reported}".format(
-                name=_(NAME_WORDS[name]), mark=mark,
+            line = "    {name}{in_force}   {mark} {reported}".format(
+                name=_pad(_(NAME_WORDS[name]), 9), mark=mark,
                 in_force=_("in force: {what}").format(what=describe(name, doc)),
                 reported=_("reported: {what}").format(what=said))
             if differs:

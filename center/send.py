@@ -485,15 +485,15 @@ def send(options: BrokerOptions, key: SigningKey, msg: Message, site: str,
                 raise Refused(reasons)
             if msg.desired:
                 for topic in where:
-                    target = topics.parse(topic).unit  # type: ignore[union-attr]
+                    target = _target(topic)
                     good = good_from_book(guard.book.in_force(site, msg.name, target)) \
                         if guard.book is not None else None
                     before[topic] = good or good_from_retained(retained.get(topic))
         for topic in where:
             session.publish(topic, payload, retain=msg.desired)
             if guard is not None and guard.book is not None:
-                guard.book.record_sent(site, topics.parse(topic).unit,  # type: ignore[union-attr]
-                                       topic, env, text, retained=msg.desired, sent_ms=issued)
+                guard.book.record_sent(site, _target(topic), topic, env, text,
+                                       retained=msg.desired, sent_ms=issued)
         with collector.cond:
             known = dict(collector.status)
         report.online = {u for u, up in known.items() if up}
@@ -516,6 +516,13 @@ def send(options: BrokerOptions, key: SigningKey, msg: Message, site: str,
     return report
 
 
+def _target(topic: str) -> str:
+    """The unit (or ``_all``) of one of our own destination topics."""
+    parsed = topics.parse(topic)
+    assert parsed is not None, topic
+    return parsed.unit
+
+
 def _outcomes(report: Report) -> list[Outcome]:
     out = [Outcome(u, a.result, a.reason, a.detail)
            for u in sorted(report.answers) for a in report.answers[u]]
@@ -531,7 +538,7 @@ def _restore(session: CentreSession, report: Report, site: str,
     rejecting = {a.unit for a in report.rejected()}
     now = int(time.time() * 1000)
     for topic in report.topics:
-        target = topics.parse(topic).unit  # type: ignore[union-attr]
+        target = _target(topic)
         if target != topics.ALL_UNITS and target not in rejecting:
             continue    # that unit applied its copy: it stays
         good = before.get(topic)
