@@ -1324,7 +1324,12 @@ class UplinkComponent(Component):
     # -- status and health -------------------------------------------------------------------
 
     def _death_payload(self) -> bytes:
-        return _compact({"online": False, "unit": self.unit, "site": self.site})
+        # What the unit trusts and which lights it has hold while it is away: the centre
+        # checks a document against them before it is retained for the unit's return.
+        cfg = self.ctx.config
+        return _compact({"online": False, "unit": self.unit, "site": self.site,
+                         "trusted_keys": sorted(cfg.security.command_keys),
+                         "lights": {name: "unknown" for name in cfg.lights}})
 
     def _level(self) -> int:
         stored = self.journal.state_get("level")

@@ -189,6 +189,27 @@ def test_an_unknown_light_is_refused_and_forced_it_is_rejected_then_removed(
     assert retained(mosquitto, LIGHTS_ALL) in (None, b"")
 
 
+def test_the_checks_hold_for_a_unit_that_is_offline(
+        mosquitto: Mosquitto, units: Callable[..., UnitRig], keys: dict[str, Path],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Its Last Will still lists its keys and lights: a document retained for its return
+    is checked like one for a unit online."""
+    rig = units(mosquitto.port, UNITS[1])
+    rig.stop()
+    away = topics.desired(SITE, UNITS[1], "lights")
+    code, out, err = run_send(capsys, mosquitto, keys["good"], "lights", "nosuch=on",
+                              "--unit", UNITS[1], wait=0)
+    assert code == 2 and f"refused: light 'nosuch' is unknown to {UNITS[1]}" in err
+    code, out, err = run_send(capsys, mosquitto, keys["stranger"], "lights", "warning=on",
+                              "--unit", UNITS[1], wait=0)
+    assert code == 2 and f"refused: key 'centre-other' is not trusted by {UNITS[1]}" in err
+    assert retained(mosquitto, away) is None
+    code, out, err = run_send(capsys, mosquitto, keys["good"], "lights", "warning=on",
+                              "--unit", UNITS[1], wait=0)
+    assert code == 0, err
+    assert json.loads(retained(mosquitto, away) or b"{}")["id"] == sent_id(out)
+
+
 # -- the last good document --------------------------------------------------------------------
 
 

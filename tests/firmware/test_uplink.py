@@ -149,7 +149,8 @@ def test_clean_stop_replaces_the_birth_with_a_retained_death(
     w.wait_status(online=True)
     rig.stop()
     death = w.wait_status(online=False)
-    assert death.doc == {"online": False, "unit": UNIT, "site": SITE}
+    assert death.doc == {"online": False, "unit": UNIT, "site": SITE,
+                         "trusted_keys": [COMMAND_KEY_NAME], "lights": {}}
     late = watch(mosquitto, "late")
     retained = late.wait_status(online=False)
     assert retained.retain and late.on("status")[0].doc["online"] is False
@@ -172,7 +173,8 @@ def test_a_dropped_connection_fires_the_will_and_the_unit_comes_back(
         gate.cut()
         # The broker saw the connection drop without DISCONNECT: the Will goes out.
         will = w.wait_status(online=False, after=births - 1)
-        assert will.doc == {"online": False, "unit": UNIT, "site": SITE}
+        assert will.doc == {"online": False, "unit": UNIT, "site": SITE,
+                            "trusted_keys": [COMMAND_KEY_NAME], "lights": {}}
         w.wait_status(online=True, after=births)
         # After the reconnect: from the first unacknowledged event, marked resent.
         resent = w.wait_events(lambda evs: sum(1 for e in evs if e.get("resent")) >= 6, 10,
