@@ -383,7 +383,10 @@ def check(msg: Message, key_name: str, site: str, units: Sequence[str],
         elif unit not in statuses:
             reasons.append(f"unit {unit} is not known at site {site}: no status from it on "
                            f"{where} (give --inventory FILE to check the site's inventory)")
-    targets = list(units) if units else sorted(set(statuses) | (guard.inventory or set()))
+    # The whole site: the units the inventory lists (the broker lets no other one read),
+    # else every unit with a status.
+    targets = list(units) if units else sorted(
+        guard.inventory if guard.inventory is not None else statuses)
     distrust = sorted(u for u in targets if isinstance(statuses.get(u, {}).get("trusted_keys"),
                                                        list)
                       and key_name not in statuses[u]["trusted_keys"])

@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from center.desired_book import DesiredBook
+from center.send import Guard, Message, check
 from center.session import BrokerOptions, CentreSession
 from firmware_py import desired, topics
 from firmware_py.cli import main
@@ -208,6 +209,20 @@ def test_the_checks_hold_for_a_unit_that_is_offline(
                               "--unit", UNITS[1], wait=0)
     assert code == 0, err
     assert json.loads(retained(mosquitto, away) or b"{}")["id"] == sent_id(out)
+
+
+def test_the_checks_go_by_the_inventory_and_skip_what_a_status_does_not_say() -> None:
+    msg = Message("lights", {"lights": {"siren": "on"}}, True, 60)
+    statuses: dict[str, dict[str, Any]] = {
+        "zt-pp-03": {"online": True, "trusted_keys": ["centre-test"], "lights": {"siren": "off"}},
+        "zt-pp-04": {"online": True},                                  # older firmware
+        "zt-old-01": {"online": False, "trusted_keys": [], "lights": {}},  # left the site
+    }
+    listed = Guard(frozenset({"zt-pp-03", "zt-pp-04"}), "units.txt")
+    assert check(msg, "centre-test", SITE, [], statuses, listed) == []
+    assert check(msg, "centre-test", SITE, [], statuses, Guard()) == [
+        "key 'centre-test' is not trusted by zt-old-01 (their status lists: none)",
+        "light 'siren' is unknown to zt-old-01 (has: none)"]
 
 
 # -- the last good document --------------------------------------------------------------------
