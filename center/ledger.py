@@ -72,7 +72,10 @@ resend everything.
 with the payload as received), ``journals`` (base, prefix, highest, count and
 the last published ack per unit and journal), ``units`` (active journal and
 last status), ``counters`` and ``rejects`` (a bounded quarantine of the last
-rejected or malformed messages: topic, reason, first bytes; never events).
+rejected or malformed messages: topic, reason, first bytes; never events), and
+since schema 2 ``desired_documents`` and ``desired_outcomes``, what ``send --db``
+published and each unit's answer (:mod:`center.desired_book`). An older file
+gets the newer tables at start (:data:`MIGRATIONS`).
 
 Example::
 
@@ -119,6 +122,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from center.desired_book import DESIRED_SCHEMA
 from center.inventory import InventoryError, load_inventory, units_of_site
 from center.session import broker_address, site_name
 from center.terminal import clean
@@ -150,7 +154,10 @@ __all__ = [
 
 log = logging.getLogger("xunfang.ledger")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Tables added after the first schema, by the version that adds them; a database of an
+#: older version gets them at start, in order.
+MIGRATIONS: dict[int, str] = {2: DESIRED_SCHEMA}
 #: Least time between two ack publications for one unit.
 ACK_INTERVAL_S = 0.15
 #: Acks are valid for ten years: see the module docstring for why that is safe.
@@ -560,6 +567,12 @@ def _create_owner_only(path: Path) -> bool:
     return True
 
 
+def _execute_script(cur: sqlite3.Cursor, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            cur.execute(statement)
+
+
 class LedgerDB:
     """The ledger's SQLite file. Methods are thread-safe (one lock per connection).
 
@@ -605,7 +618,7 @@ class LedgerDB:
         db = self._db
         if self.readonly:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
+            if not 1 <= version <= SCHEMA_VERSION:
                 raise LedgerDatabaseError(
                     f"{self.path} is not a ledger database (schema version {version})")
             self.site = self.meta("site") or ""
@@ -625,14 +638,16 @@ class LedgerDB:
                     raise LedgerDatabaseError(f"{self.path} holds tables but is not a ledger")
                 if site is None:
                     raise LedgerDatabaseError(f"{self.path} is a new ledger: give its site")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        cur.execute(statement)
+                _execute_script(cur, _SCHEMA)
                 cur.execute("INSERT INTO meta VALUES ('site', ?)", (site,))
                 cur.execute("INSERT INTO meta VALUES ('created_ms', ?)",
                             (str(int(time.time() * 1000)),))
-                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                version = 1
                 log.info("created ledger database %s for site %s", self.path, site)
+            if 1 <= version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    _execute_script(cur, MIGRATIONS[step])
+                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise LedgerDatabaseError(
                     f"{self.path} has ledger schema version {version}, this build knows "

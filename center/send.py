@@ -18,8 +18,17 @@ site's units are known from their retained status messages)::
       offline    zt-pp-06  (gets it when it reconnects)
     4 unit(s): 1 applied, 1 rejected, 1 no answer, 1 offline
 
+Before publishing, ``send`` checks the message against the site's retained
+statuses (:func:`check`): the key must be one the units list in
+``trusted_keys``, a ``--unit`` must be in the inventory (or known), a light
+must be one the units have; otherwise it refuses, publishing nothing, unless
+``--force``. When units reject a desired document anyway, the last good one
+(from the centre database with ``--db``, else the one retained before) is put
+back as the retained one, signed as it was (:func:`_restore`).
+
 Exit status: 0 when no unit rejected and every unit expected to answer did;
-1 when one rejected or did not answer, or the broker refused; 2 for bad usage.
+1 when one rejected or did not answer, or the broker refused; 2 for bad usage
+or a refused check.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -40,10 +50,13 @@ import paho.mqtt.client as mqtt
 from firmware_py import topics
 from firmware_py.clock import rfc3339_ms
 from firmware_py.config import LIGHT_MODES
-from firmware_py.desired import CMD_MAX_VALID_MS, CMD_NAMES, ArgsInvalid, validate_args
-from firmware_py.exc import SignatureError
+from firmware_py.desired import CMD_MAX_VALID_MS, CMD_NAMES, ArgsInvalid, time_ms, validate_args
+from firmware_py.exc import SignatureError, XunfangError
 from firmware_py.signing import SigningKey, load_signing_key
 
+from .desired_book import BookDocument, DesiredBook, Outcome
+from .inventory import InventoryError, load_inventory, units_of_site
+from .ledger import LedgerDB, LedgerError
 from .session import (
     BrokerOptions,
     CentreSession,
@@ -218,6 +231,8 @@ class Report:
     online: set[str] = field(default_factory=set)      # from retained status
     offline: set[str] = field(default_factory=set)
     answers: dict[str, list[Answer]] = field(default_factory=dict)
+    restored: list[str] = field(default_factory=list)   # what was put back after rejections
+    overridden: list[str] = field(default_factory=list)  # checks --force overrode
 
     def applied(self) -> list[str]:
         return sorted(u for u, a in self.answers.items() if any(x.result == "applied" for x in a))
@@ -238,24 +253,50 @@ class Report:
                 "rejected": [{"unit": a.unit, "reason": a.reason, "detail": a.detail}
                              for a in self.rejected()],
                 "no_answer": self.silent(),
-                "offline": sorted(self.offline - set(self.answers))}
+                "offline": sorted(self.offline - set(self.answers)),
+                "restored": self.restored, "forced_past": self.overridden}
 
 
 class _Collector:
-    """Retained statuses (who exists) and command events naming our id, from paho's thread."""
+    """Retained statuses (who exists, what they trust, their lights), the retained
+    documents on the topics we publish to, and command events naming our id, from
+    paho's thread."""
 
-    def __init__(self, site: str) -> None:
+    def __init__(self, site: str, desired_topics: Sequence[str] = ()) -> None:
         self.site = site
+        self.desired_topics = list(desired_topics)
         self.cond = threading.Condition()
         self.status: dict[str, bool] = {}
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.retained: dict[str, bytes] = {}
         self.answers: dict[str, list[Answer]] = {}
         self.want: str | None = None
+        self.heard = time.monotonic()
 
     def filters(self) -> list[str]:
         root = f"{topics.PREFIX}/{self.site}/+"
-        return [f"{root}/status", f"{root}/events/command"]
+        return [f"{root}/status", f"{root}/events/command", *self.desired_topics]
+
+    def settle(self, quiet_s: float, max_s: float) -> None:
+        """Wait until no retained message came for ``quiet_s`` (at most ``max_s``)."""
+        deadline = time.monotonic() + max_s
+        with self.cond:
+            self.heard = time.monotonic()
+            while True:
+                now = time.monotonic()
+                quiet_until = self.heard + quiet_s
+                if now >= quiet_until or now >= deadline:
+                    return
+                self.cond.wait(min(quiet_until, deadline) - now)
 
     def __call__(self, msg: mqtt.MQTTMessage) -> None:
+        with self.cond:
+            self.heard = time.monotonic()
+        if msg.topic in self.desired_topics:
+            if msg.retain:
+                with self.cond:
+                    self.retained[msg.topic] = bytes(msg.payload)
+            return
         parsed = topics.parse(msg.topic)
         if parsed is None or parsed.site != self.site or parsed.unit == topics.ALL_UNITS:
             return
@@ -268,6 +309,7 @@ class _Collector:
         with self.cond:
             if parsed.channel == "status" and isinstance(doc.get("online"), bool):
                 self.status[parsed.unit] = doc["online"]
+                self.statuses[parsed.unit] = doc
             elif parsed.channel == "events":
                 data = doc.get("data")
                 if not isinstance(data, dict) or self.want is None or \
@@ -288,16 +330,141 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# -- the checks before publishing -------------------------------------------------------------
+
+#: After the SUBACK, the broker's retained messages have arrived once none came for this long.
+SETTLE_QUIET_S = 0.3
+SETTLE_MAX_S = 3.0
+
+
+class Refused(XunfangError, ValueError):
+    """``send`` will not publish: each of ``reasons`` is one line saying why (exit 2)."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = list(reasons)
+
+
+@dataclass
+class Guard:
+    """What ``send`` checks a message against, and where it keeps what it sent.
+
+    ``inventory``: the units the inventory lists for the site (None: no
+    inventory given; the units known from their statuses stand in).
+    ``book``: the centre database (None: the broker's retained document is the
+    last good one). ``force``: publish even when a check fails.
+    """
+
+    inventory: frozenset[str] | None = None
+    inventory_source: str = ""
+    book: DesiredBook | None = None
+    force: bool = False
+
+
+def light_names(msg: Message) -> list[str]:
+    """The light names a message addresses (a lights override, or lights.test's list)."""
+    if msg.name == "lights" and isinstance(msg.args.get("lights"), dict):
+        return list(msg.args["lights"])
+    if msg.name == "lights.test" and isinstance(msg.args.get("lights"), list):
+        return [str(x) for x in msg.args["lights"]]
+    return []
+
+
+def check(msg: Message, key_name: str, site: str, units: Sequence[str],
+          statuses: dict[str, dict[str, Any]], guard: Guard) -> list[str]:
+    """Why the message must not go out (empty: it may). One line per refusal."""
+    reasons: list[str] = []
+    where = "the database or the broker" if guard.book is not None else "the broker"
+    for unit in units:
+        if guard.inventory is not None:
+            if unit not in guard.inventory:
+                reasons.append(f"unit {unit} is not in the inventory {guard.inventory_source} "
+                               f"for site {site}")
+        elif unit not in statuses:
+            reasons.append(f"unit {unit} is not known at site {site}: no status from it on "
+                           f"{where} (give --inventory FILE to check the site's inventory)")
+    # The whole site: the units the inventory lists (the broker lets no other one read),
+    # else every unit with a status.
+    targets = list(units) if units else sorted(
+        guard.inventory if guard.inventory is not None else statuses)
+    distrust = sorted(u for u in targets if isinstance(statuses.get(u, {}).get("trusted_keys"),
+                                                       list)
+                      and key_name not in statuses[u]["trusted_keys"])
+    if distrust:
+        trusted = sorted({str(k) for u in distrust for k in statuses[u]["trusted_keys"]})
+        reasons.append(f"key {key_name!r} is not trusted by {_units(distrust)} (their status "
+                       f"lists: {', '.join(clean(k, 64) for k in trusted) or 'none'})")
+    for light in light_names(msg):
+        lacking = sorted(u for u in targets if isinstance(statuses.get(u, {}).get("lights"),
+                                                          dict)
+                         and light not in statuses[u]["lights"])
+        if lacking:
+            has = sorted({str(n) for u in lacking for n in statuses[u]["lights"]})
+            reasons.append(f"light {light!r} is unknown to {_units(lacking)} (has: "
+                           f"{', '.join(clean(n, 32) for n in has) or 'none'})")
+    return reasons
+
+
+def _units(units: Sequence[str], shown: int = 8) -> str:
+    text = ", ".join(units[:shown])
+    return text + (f" and {len(units) - shown} more" if len(units) > shown else "")
+
+
+# -- the last good document -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GoodDocument:
+    """A document to put back: its signed payload as published, and when it stops being valid."""
+
+    id: str
+    payload: bytes
+    expires_at: str
+    expires_ms: int
+    book: BookDocument | None = None
+
+
+def good_from_retained(payload: bytes | None) -> GoodDocument | None:
+    """The retained document on a topic before ``send`` published (None: none, or unreadable)."""
+    if not payload:
+        return None
+    try:
+        env = json.loads(payload.decode("utf-8"))
+        if not isinstance(env, dict) or not isinstance(env.get("id"), str):
+            return None
+        return GoodDocument(env["id"], payload, env["expires_at"], time_ms(env["expires_at"]))
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, ArgsInvalid):
+        return None
+
+
+def good_from_book(doc: BookDocument | None) -> GoodDocument | None:
+    if doc is None:
+        return None
+    return GoodDocument(doc.id, doc.envelope.encode("utf-8"), rfc3339_ms(doc.expires_ms),
+                        doc.expires_ms, doc)
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+
 def send(options: BrokerOptions, key: SigningKey, msg: Message, site: str,
-         units: Sequence[str], wait_s: float, now_ms: int | None = None) -> Report:
-    """Sign, publish and collect the units' answers for up to ``wait_s`` seconds."""
+         units: Sequence[str], wait_s: float, now_ms: int | None = None,
+         guard: Guard | None = None) -> Report:
+    """Sign, publish and collect the units' answers for up to ``wait_s`` seconds.
+
+    With a ``guard``: first check the message against the site's units
+    (:func:`check`; :class:`Refused` and nothing published when one fails,
+    unless ``guard.force``), and when a unit rejects a desired document, put
+    the last good one back as the retained one (:attr:`Report.restored`).
+    """
     issued = int(time.time() * 1000) if now_ms is None else now_ms
     env = key.sign_envelope(msg.name, msg.args, site=site, units=list(units) or ["*"],
                             issued_at=rfc3339_ms(issued),
                             expires_at=rfc3339_ms(issued + msg.valid_s * 1000))
-    payload = json.dumps(env, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(env, ensure_ascii=False, separators=(",", ":"))
+    payload = text.encode("utf-8")
     where = destinations(msg, site, units)
-    collector = _Collector(site)
+    collector = _Collector(site, where if msg.desired and guard is not None else ())
     report = Report(env["id"], msg.name, where)
     with CentreSession(options, "xunfang_send", on_message=collector) as session:
         session.connect()
@@ -305,10 +472,31 @@ def send(options: BrokerOptions, key: SigningKey, msg: Message, site: str,
             collector.want = env["id"]
         # Subscribed before publishing: no answer can slip past. The broker sends the
         # retained statuses after the SUBACK and before it answers our PUBLISH.
-        if wait_s > 0:
+        if wait_s > 0 or guard is not None:
             session.subscribe(collector.filters())
+        before: dict[str, GoodDocument | None] = {}
+        if guard is not None:
+            collector.settle(SETTLE_QUIET_S, SETTLE_MAX_S)
+            with collector.cond:
+                statuses = dict(collector.statuses)
+                retained = dict(collector.retained)
+            if guard.book is not None:
+                statuses = {**guard.book.unit_statuses(), **statuses}
+            reasons = check(msg, key.name, site, units, statuses, guard)
+            report.overridden = reasons if guard.force else []
+            if reasons and not guard.force:
+                raise Refused(reasons)
+            if msg.desired:
+                for topic in where:
+                    target = _target(topic)
+                    good = good_from_book(guard.book.in_force(site, msg.name, target)) \
+                        if guard.book is not None else None
+                    before[topic] = good or good_from_retained(retained.get(topic))
         for topic in where:
             session.publish(topic, payload, retain=msg.desired)
+            if guard is not None and guard.book is not None:
+                guard.book.record_sent(site, _target(topic), topic, env, text,
+                                       retained=msg.desired, sent_ms=issued)
         with collector.cond:
             known = dict(collector.status)
         report.online = {u for u, up in known.items() if up}
@@ -316,14 +504,63 @@ def send(options: BrokerOptions, key: SigningKey, msg: Message, site: str,
         report.expected = set(units) if units else set(report.online)
         if wait_s <= 0:
             report.expected = set()
-            return report
-        deadline = time.monotonic() + wait_s
-        with collector.cond:
-            collector.cond.wait_for(
-                lambda: report.expected <= set(collector.answers) and bool(report.expected),
-                timeout=max(0.0, deadline - time.monotonic()))
-            report.answers = {u: list(a) for u, a in collector.answers.items()}
+        else:
+            deadline = time.monotonic() + wait_s
+            with collector.cond:
+                collector.cond.wait_for(
+                    lambda: report.expected <= set(collector.answers) and bool(report.expected),
+                    timeout=max(0.0, deadline - time.monotonic()))
+                report.answers = {u: list(a) for u, a in collector.answers.items()}
+        if guard is not None:
+            if guard.book is not None and wait_s > 0:
+                guard.book.record_outcomes(env["id"], _outcomes(report))
+            if msg.desired and report.rejected():
+                _restore(session, report, site, before, guard)
     return report
+
+
+def _target(topic: str) -> str:
+    """The unit (or ``_all``) of one of our own destination topics."""
+    parsed = topics.parse(topic)
+    assert parsed is not None, topic
+    return parsed.unit
+
+
+def _outcomes(report: Report) -> list[Outcome]:
+    out = [Outcome(u, a.result, a.reason, a.detail)
+           for u in sorted(report.answers) for a in report.answers[u]]
+    out += [Outcome(u, "no_answer") for u in report.silent()]
+    out += [Outcome(u, "offline") for u in sorted(report.offline - set(report.answers)
+                                                   - report.expected)]
+    return out
+
+
+def _restore(session: CentreSession, report: Report, site: str,
+             before: dict[str, GoodDocument | None], guard: Guard) -> None:
+    """Units rejected the document: put the last good one back where they got it."""
+    rejecting = {a.unit for a in report.rejected()}
+    now = int(time.time() * 1000)
+    for topic in report.topics:
+        target = _target(topic)
+        if target != topics.ALL_UNITS and target not in rejecting:
+            continue    # that unit applied its copy: it stays
+        good = before.get(topic)
+        if good is None:
+            session.publish(topic, b"", retain=True)
+            report.restored.append(f"no earlier document on {topic}: removed the rejected "
+                                   "one from the broker (units keep what they applied)")
+        elif good.expires_ms <= now:
+            report.restored.append(
+                f"cannot put back {good.id} on {topic}: its signature expired at "
+                f"{good.expires_at}, so units would refuse it; the rejected document stays "
+                "retained (send the state you want again, or send clear)")
+            continue
+        else:
+            session.publish(topic, good.payload, retain=True)
+            report.restored.append(f"put back {good.id} on {topic} (the last good document, "
+                                   f"signed as it was, valid until {good.expires_at})")
+        if guard.book is not None:
+            guard.book.record_restored(report.id, target, good.book if good else None)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -362,6 +599,8 @@ def _said(answer: Answer) -> str:
 
 def print_report(msg: Message, report: Report, out: IO[str], waited: bool) -> None:
     print(_summary_head(msg, report), file=out)
+    for line in report.restored:
+        print(f"  {line}", file=out)
     if not waited:
         return
     for unit in report.applied():
@@ -402,15 +641,55 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 2
     units = list(dict.fromkeys(args.unit or []))
     try:
-        report = send(options, key, msg, args.site, units, args.wait)
+        guard = make_guard(args)
+    except UsageError as err:
+        print(f"xunfang send: {err}", file=sys.stderr)
+        return 2
+    try:
+        report = send(options, key, msg, args.site, units, args.wait, guard=guard)
+    except Refused as refused:
+        for reason in refused.reasons:
+            print(f"xunfang send: refused: {reason}", file=sys.stderr)
+        print("xunfang send: nothing sent (--force sends it anyway)", file=sys.stderr)
+        return 2
     except SessionError as err:
         print(f"xunfang send: {err}", file=sys.stderr)
         return 1
+    except (sqlite3.Error, LedgerError) as err:
+        print(f"xunfang send: database {args.db}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if guard.book is not None:
+            guard.book.close()
+    for reason in report.overridden:
+        print(f"xunfang send: sent anyway (--force): {reason}", file=sys.stderr)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print_report(msg, report, sys.stdout, args.wait > 0)
     return 0 if report.ok() else 1
+
+
+def open_book(path: str, site: str | None) -> DesiredBook:
+    """The centre database's desired documents (the ledger's database, made or migrated
+    as the ledger does); :class:`UsageError` when it cannot be used."""
+    try:
+        LedgerDB(path, site=site).close()
+        return DesiredBook(sqlite3.connect(path, timeout=30.0))
+    except (LedgerError, sqlite3.Error) as err:
+        raise UsageError(str(err)) from err
+
+
+def make_guard(args: argparse.Namespace) -> Guard:
+    """The checks and the database a parsed ``send`` command line asks for."""
+    inventory = None
+    if args.inventory:
+        try:
+            inventory = units_of_site(load_inventory(args.inventory), args.site)
+        except InventoryError as err:
+            raise UsageError(str(err)) from err
+    book = open_book(args.db, args.site) if args.db else None
+    return Guard(inventory, args.inventory or "", book, args.force)
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
@@ -453,6 +732,14 @@ def _common(with_key: bool = True) -> argparse.ArgumentParser:
                        help="how long units may apply the message (default 5m for cmd, at "
                             "most 24h; 30d for level and lights, 365d for cards)")
         p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--inventory", metavar="FILE",
+                       help="the site's inventory (the file the broker's ACL is rendered from): "
+                            "refuse units it does not list")
+        p.add_argument("--db", metavar="PATH",
+                       help="the centre database (the ledger's): record what is sent and each "
+                            "unit's answer; the last good document comes from it")
+        p.add_argument("--force", action="store_true",
+                       help="send even when a check fails (unknown unit, light or key)")
     add_broker_arguments(p)
     return p
 

@@ -46,6 +46,7 @@ SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.register", "center
 # The centre's patrol plan and compliance report.
 SUBCOMMAND_MODULES += ["center.plan", "center.report"]
 SUBCOMMAND_MODULES += ["center.ca", "firmware_py.enrol"]
+SUBCOMMAND_MODULES += ["center.desired_show"]
 
 
 def _load_or_exit(path: str, *, check_files: bool = False) -> UnitConfig:

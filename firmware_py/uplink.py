@@ -1324,7 +1324,12 @@ class UplinkComponent(Component):
     # -- status and health -------------------------------------------------------------------
 
     def _death_payload(self) -> bytes:
-        return _compact({"online": False, "unit": self.unit, "site": self.site})
+        # What the unit trusts and which lights it has hold while it is away: the centre
+        # checks a document against them before it is retained for the unit's return.
+        cfg = self.ctx.config
+        return _compact({"online": False, "unit": self.unit, "site": self.site,
+                         "trusted_keys": sorted(cfg.security.command_keys),
+                         "lights": {name: "unknown" for name in cfg.lights}})
 
     def _level(self) -> int:
         stored = self.journal.state_get("level")
@@ -1350,6 +1355,8 @@ class UplinkComponent(Component):
             "cards_version": self._cards_version(),
             "lights": {name: dev["state"] for name, dev in
                        self._devices("lights", list(self.ctx.config.lights)).items()},
+            # Names of the keys it takes commands from: the centre checks its own first.
+            "trusted_keys": sorted(self.ctx.config.security.command_keys),
             # The ledger starts a journal it has never seen after acked_seq.
             "journal": self.journal_id,
             "acked_seq": self._acked,

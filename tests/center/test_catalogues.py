@@ -107,3 +107,32 @@ def test_the_committed_ca_mo_matches_its_po() -> None:
         compiled = gettext.GNUTranslations(f)
     for msgid, text in _ca_catalogue().items():
         assert compiled.gettext(msgid) == text, msgid
+
+
+# -- xunfang desired show (domain ``desired``) ----------------------------------------------
+
+
+def _desired_catalogue() -> dict[str, str]:
+    with (LOCALE / "zh_CN" / "LC_MESSAGES" / "desired.po").open("rb") as f:
+        return {m.id: m.string for m in read_po(f) if m.id}
+
+
+def test_every_message_of_desired_show_is_translated_with_its_placeholders() -> None:
+    found = extract_from_file("python", REPO / "center" / "desired_show.py",
+                              keywords={"_": None, "N_": None})
+    messages = {msg for _line, msg, _comments, _context in found}
+    assert len(messages) > 20
+    zh = _desired_catalogue()
+    assert sorted(messages - zh.keys()) == [], \
+        "run pybabel extract/update (center/desired_show.py)"
+    assert sorted(zh.keys() - messages) == []
+    for msgid, text in zh.items():
+        assert _fields(msgid) == _fields(text), msgid
+        assert re.search(r"[\u4e00-\u9fff]", text), msgid
+
+
+def test_the_committed_desired_mo_matches_its_po() -> None:
+    with (LOCALE / "zh_CN" / "LC_MESSAGES" / "desired.mo").open("rb") as f:
+        compiled = gettext.GNUTranslations(f)
+    for msgid, text in _desired_catalogue().items():
+        assert compiled.gettext(msgid) == text, msgid

@@ -35,6 +35,7 @@ from tests.support.pki import make_pki
 from tests.support.schemas import validate
 from tests.support.uplink import (
     ACK_KEY_NAME,
+    COMMAND_KEY_NAME,
     SITE,
     UNIT,
     Gate,
@@ -89,6 +90,8 @@ def test_birth_is_retained_and_names_the_journal_position(
     assert doc["boot_id"] and doc["level"] == 3 and doc["cards_version"] is None
     assert doc["journal"] == rig.journal_id and doc["acked_seq"] == 2
     assert doc["centre_ack"] is True
+    # The names of its command keys, never its ack keys: the centre checks its key first.
+    assert doc["trusted_keys"] == [COMMAND_KEY_NAME]
 
 
 def test_birth_reports_level_and_card_list_from_the_journal_state(
@@ -146,7 +149,8 @@ def test_clean_stop_replaces_the_birth_with_a_retained_death(
     w.wait_status(online=True)
     rig.stop()
     death = w.wait_status(online=False)
-    assert death.doc == {"online": False, "unit": UNIT, "site": SITE}
+    assert death.doc == {"online": False, "unit": UNIT, "site": SITE,
+                         "trusted_keys": [COMMAND_KEY_NAME], "lights": {}}
     late = watch(mosquitto, "late")
     retained = late.wait_status(online=False)
     assert retained.retain and late.on("status")[0].doc["online"] is False
@@ -169,7 +173,8 @@ def test_a_dropped_connection_fires_the_will_and_the_unit_comes_back(
         gate.cut()
         # The broker saw the connection drop without DISCONNECT: the Will goes out.
         will = w.wait_status(online=False, after=births - 1)
-        assert will.doc == {"online": False, "unit": UNIT, "site": SITE}
+        assert will.doc == {"online": False, "unit": UNIT, "site": SITE,
+                            "trusted_keys": [COMMAND_KEY_NAME], "lights": {}}
         w.wait_status(online=True, after=births)
         # After the reconnect: from the first unacknowledged event, marked resent.
         resent = w.wait_events(lambda evs: sum(1 for e in evs if e.get("resent")) >= 6, 10,
