@@ -42,6 +42,11 @@ def redact(url: str) -> str:
                        parts.fragment))
 
 
+def _one_line(err: BaseException) -> str:
+    """libpq's messages span lines (a hint on the next): one line for a log or a terminal."""
+    return " ".join(str(err).split())
+
+
 class PostgresStore(LedgerStore):
     """A ledger database on a PostgreSQL server, by ``postgresql://user@host:port/db`` URL
     (libpq's: ``?sslmode=verify-full``, a password from ``~/.pgpass`` or ``PGPASSWORD``)."""
@@ -63,7 +68,7 @@ class PostgresStore(LedgerStore):
                                        application_name=f"xunfang {writer}"[:63])
         except psycopg.Error as err:
             raise LedgerDatabaseError(
-                f"cannot open ledger database {self.name}: {str(err).strip()}") from err
+                f"cannot open ledger database {self.name}: {_one_line(err)}") from err
         try:
             if readonly:
                 with self._lock, self._db.cursor() as cur:
@@ -73,7 +78,7 @@ class PostgresStore(LedgerStore):
         except psycopg.Error as err:
             self._db.close()
             raise LedgerDatabaseError(
-                f"{self.name} is not a usable ledger database: {str(err).strip()}") from err
+                f"{self.name} is not a usable ledger database: {_one_line(err)}") from err
         except BaseException:
             self._db.close()
             raise

@@ -1048,3 +1048,30 @@ def test_a_failed_commit_is_retried_and_pubacked_only_once_it_succeeds(
     assert ledger.count() == 1
     ledger._db.close()
     ledger._reader.close()
+
+
+def test_health_and_command_results_are_stored_beside_the_events(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client]) -> None:
+    ledger = ledgers(mosquitto)
+    unit = _unit(mosquitto, clients)
+    unit.status(birth(J1, acked_seq=0))
+    health = {"unit": UNIT, "site": SITE, "uptime_s": 12}
+    unit.publish(topics.health(SITE, UNIT), json.dumps(health), retain=True)
+    answer = {"command": "c-7f3a", "name": "level", "result": "rejected",
+              "reason": "bad_signature", "scope": "site", "detail": "unknown key"}
+    command = Event(seq=1, kind="command", unit=UNIT, site=SITE, journal=J1,
+                    ts_ms=1_795_000_000_000, boot_id="00000000-0000-4000-8000-000000000001",
+                    mono=101.0, clock_synced=True, data=answer).envelope()
+    unit.event(command)
+    unit.event(envelope(2))
+    _wait(ledger, lambda: ledger.prefix(UNIT, J1) == 2 and ledger.db.health(UNIT) is not None,
+          "both events and the health report stored")
+    assert ledger.db.health(UNIT) == health
+    assert ledger.db.status(UNIT) == birth(J1, acked_seq=0)
+    assert ledger.db.command_results(command="c-7f3a") == [{
+        "event": f"{UNIT}:{J1}:1", "unit": UNIT, "command": "c-7f3a", "name": "level",
+        "result": "rejected", "reason": "bad_signature", "ts": command["ts"]}]
+    # A copy sent again is one result still.
+    unit.event({**command, "resent": True})
+    _wait(ledger, lambda: ledger.counters()["duplicates"] == 1, "the copy counted")
+    assert len(ledger.db.command_results()) == 1
