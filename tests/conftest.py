@@ -86,10 +86,12 @@ def nats_mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     """One PostgreSQL server for the session (tests/support/postgres.py); each test that
     needs a database takes a new one (``new_database()``), so nothing leaks between tests."""
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    # Not under pytest's temp tree: another pytest run resets that to 0700, and
+    # postgres must keep traversing to its data directory.
+    server = Postgres()
     server.start()
     try:
         yield server

@@ -1075,3 +1075,50 @@ def test_health_and_command_results_are_stored_beside_the_events(
     unit.event({**command, "resent": True})
     _wait(ledger, lambda: ledger.counters()["duplicates"] == 1, "the copy counted")
     assert len(ledger.db.command_results()) == 1
+
+
+# -- two ledgers for one site (--share) ----------------------------------------------------------
+
+
+def test_two_ledgers_in_a_share_group_split_the_events_and_ack_the_whole_prefix(
+        mosquitto_factory: Callable[..., Mosquitto], ledgers: Callable[..., Ledger],
+        clients: list[_Client], key: SigningKey) -> None:
+    # The shipped ACL, with logins: the ledger user's rules must cover $share/… too.
+    broker = mosquitto_factory(acl_text=render_acl({UNIT: SITE}),
+                               passwords={"ledger": "l", UNIT: "u", "centre": "c"})
+    first = ledgers(broker, share="site", client_id="ledger-1", username="ledger", password="l")
+    second = ledgers(broker, share="site", client_id="ledger-2", username="ledger",
+                     password="l")
+    watcher = _watcher(broker, clients, key, auth=Auth(username="centre", password="c"))
+    unit = _unit(broker, clients, auth=Auth(username=UNIT, password="u"))
+    unit.events([envelope(seq) for seq in range(1, 201)])
+    watcher.wait_ack(200)
+    assert first.count() == 200 and first.counters()["stored"] == 200
+    assert first.gaps()[0].missing == []
+    # Each took a share of the events (counters are per process on PostgreSQL,
+    # summed; so the split shows in who published acks).
+    assert first.last_ack(UNIT) is not None and second.last_ack(UNIT) is not None
+    assert "Denied" not in broker.log_text(), broker.log_tail()
+
+
+def test_a_lower_ack_that_raced_ours_is_answered_with_ours_again(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey) -> None:
+    ledger = ledgers(mosquitto, share="site", client_id="ledger-1")
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in range(1, 6):
+        unit.event(envelope(seq))
+    watcher.wait_ack(5)
+    # Another ledger of the group publishes an older prefix last: now the retained one.
+    peer = _Client(mosquitto, "ledger-2")
+    clients.append(peer)
+    lower = key.sign_envelope("ack", {"journal": J1, "seq": 3}, site=SITE, units=[UNIT],
+                              ttl_s=3600)
+    seen = len(watcher.of())
+    peer.publish(topics.ack(SITE, UNIT), json.dumps(lower), retain=True)
+    watcher.wait(lambda: any(a.seq == 5 for a in watcher.acks[seen + 1:]),
+                 "the ledger to state ack 5 again")
+    late = _watcher(mosquitto, clients, key, "late")
+    assert late.wait_ack(5).retained
+    assert ledger.prefix(UNIT, J1) == 5

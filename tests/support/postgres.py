@@ -1,8 +1,10 @@
 """A private PostgreSQL server for tests, from Debian's packages.
 
 ``initdb`` into a temporary directory owned by ``postgres`` (PostgreSQL refuses
-to run as root), ``pg_ctl start`` on a free 127.0.0.1 port with its socket in
-the data directory, and a fresh database per :meth:`Postgres.new_database`.
+to run as root; by default in the system's temporary folder, not under pytest's,
+whose top folder another pytest run may reset to 0700), ``pg_ctl start`` on a
+free 127.0.0.1 port with its socket in the data directory, and a fresh database
+per :meth:`Postgres.new_database`.
 ``kill()`` stops it the way a crash would (``pg_ctl -m immediate``);
 ``close()`` stops it and removes the directory, also after a failed start.
 
@@ -86,7 +88,7 @@ class Postgres:
     def start(self) -> Postgres:
         try:
             if self.dir is None:
-                self.dir = Path(tempfile.mkdtemp(prefix="pg-", dir=self._parent))
+                self.dir = Path(tempfile.mkdtemp(prefix="xunfang-pg-", dir=self._parent))
                 # postgres must reach its data directory through every folder above it.
                 for folder in (self.dir, *self.dir.parents):
                     if folder == Path("/"):
