@@ -2,15 +2,16 @@
 
 A broker's PUBACK only says the broker took a message (docs/mqtt-api.md, "End-to-end
 acknowledgement"), so a unit keeps every event until the ledger says it is
-*stored*. The ledger is one process per site:
+*stored*. The ledger is one process per site, or several sharing it (below):
 
 - It holds a persistent MQTT session (MQTT 5 ``clean_start`` false with a
   session expiry, or 3.1.1 ``clean_session`` false) subscribed at QoS 1 to
-  ``xunfang/v1/{site}/+/events/+``, ``…/+/status`` and ``…/+/ack``, with
-  paho's ``manual_ack``: the PUBACK for an event goes back only after the
-  SQLite transaction holding it has committed (WAL, ``synchronous=FULL``, so
-  committed means fsynced). Until then the broker still owns the message and
-  redelivers it after a reconnect.
+  ``xunfang/v1/{site}/+/events/+``, ``…/+/status``, ``…/+/ack`` and
+  ``…/+/health``, with paho's ``manual_ack``: the PUBACK for an event goes
+  back only after the transaction holding it has committed (SQLite: WAL,
+  ``synchronous=FULL``; PostgreSQL: flushed to its WAL), so committed means
+  on disk. Until then the broker still owns the message and redelivers it
+  after a reconnect.
 - It stores each event once, keyed by its id ``{unit}:{journal}:{seq}``. A
   second copy (a ``resent`` one, or a broker redelivery) is counted as a
   duplicate; a copy whose content differs from the stored one is counted and
@@ -68,11 +69,24 @@ current one, and a unit that comes back after months offline must still
 accept the retained ack it finds. A short expiry would only make such units
 resend everything.
 
-**Database** (one SQLite file, 0600): ``events`` (one row per stored event,
-with the payload as received), ``journals`` (base, prefix, highest, count and
-the last published ack per unit and journal), ``units`` (active journal and
-last status), ``counters`` and ``rejects`` (a bounded quarantine of the last
-rejected or malformed messages: topic, reason, first bytes; never events).
+**Database** (:mod:`center.store`: a SQLite file, 0600, or a PostgreSQL
+database): ``events`` (one row per stored event, with the payload as
+received), ``journals`` (base, prefix, highest, count and the last published
+ack per unit and journal), ``units`` (active journal and last status),
+``unit_health``, ``command_results``, ``counters`` and ``rejects`` (a bounded
+quarantine of the last rejected or malformed messages: topic, reason, first
+bytes; never events).
+
+**Several ledgers** (``share``, ``--share GROUP``): events come through the
+shared subscription ``$share/{group}/xunfang/v1/{site}/+/events/+``, one
+ledger of the group each; statuses, health and acks stay plain subscriptions
+(a broker sends no retained messages on a shared one). Each batch holds its
+units in the database (:meth:`LedgerStore.lock_units`) and takes up what the
+others committed (a journal row's revision moved), so the prefix is the
+database's; an ack is published from the database's prefix. The session ends
+with the connection, so the broker gives the group's events to the ledgers
+still there; what a dead one held uncommitted, units send again. A lower ack
+of another ledger arriving live after ours is answered by stating ours again.
 
 Example::
 
@@ -489,6 +503,7 @@ class Ledger:
         self._last_pub: dict[str, float] = {}
         self._settle_until: float | None = None
         self._last_flush = 0.0
+        self._state_stale = False  # memory may be ahead of the database: reload first
         self._acks_unsaved = 0  # acks published since the counter was last written
         self._db_errors_unsaved = 0  # failed commits, written with the next good one
         self._throttle = _Throttle()
@@ -817,8 +832,16 @@ class Ledger:
 
     # -- writer thread --------------------------------------------------------------------
 
+    def _reload_state(self) -> None:
+        """After a failed transaction: memory may be ahead of the database. Reload now, or
+        (the database away) before the next batch."""
+        self._state_stale = True
+        with contextlib.suppress(*self._db_errors):
+            self._load_state()
+
     def _load_state(self) -> None:
         assert self._db is not None
+        self._state_stale = False
         self._journals = self._db.load_journals()
         self._units = {u: _UnitState(a, s) for u, (a, s) in self._db.load_units().items()}
         self._counters = self._db.counters()
@@ -882,17 +905,16 @@ class Ledger:
                 # The batch stays un-PUBACKed, so the broker holds it meanwhile.
                 self._db_errors_unsaved += 1
                 log.error("ledger database %s: cannot store %d message(s): %s; retrying in "
-                          "%.1f s", self.db_name, len(batch), str(err).strip(), delay)
-                with contextlib.suppress(*self._db_errors):
-                    self._load_state()
+                          "%.1f s", self.db_name, len(batch), " ".join(str(err).split()),
+                          delay)
+                self._reload_state()
                 if self._stopping.wait(delay):
                     return
                 delay = min(delay * 2, 5.0)
             except Exception:
                 # A bug met by some input: find the message by storing one at a
                 # time, and drop only that one (acked, counted, logged).
-                with contextlib.suppress(*self._db_errors):
-                    self._load_state()
+                self._reload_state()
                 if len(batch) > 1:
                     for msg in batch:
                         self._store_batch([msg])
@@ -917,6 +939,8 @@ class Ledger:
     def _apply(self, batch: list[_Inbound]) -> set[str]:
         """Everything one batch changes, in one transaction; returns units whose ack may move."""
         assert self._db is not None
+        if self._state_stale:
+            self._load_state()
         now_ms = self.clock.wall_ms()
         deltas = dict.fromkeys(COUNTERS, 0)
         deltas["db_errors"] = self._db_errors_unsaved

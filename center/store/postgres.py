@@ -62,10 +62,9 @@ class PostgresStore(LedgerStore):
         self.writer = writer
         self.site = ""
         self._lock = threading.RLock()
+        self._connect_timeout_s = connect_timeout_s
         try:
-            self._db = psycopg.connect(self.url, autocommit=True,
-                                       connect_timeout=max(1, int(connect_timeout_s)),
-                                       application_name=f"xunfang {writer}"[:63])
+            self._db = self._connect()
         except psycopg.Error as err:
             raise LedgerDatabaseError(
                 f"cannot open ledger database {self.name}: {_one_line(err)}") from err
@@ -87,13 +86,41 @@ class PostgresStore(LedgerStore):
     def name(self) -> str:
         return redact(self.url)
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True,
+                               connect_timeout=max(1, int(self._connect_timeout_s)),
+                               application_name=f"xunfang {self.writer}"[:63])
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The connection, opened again if the server dropped it (a restart, a failover):
+        the caller's statement then fails or succeeds on the new one, and the ledger's
+        retry takes care of the batch either way."""
+        if self._db.broken or self._db.closed:
+            with contextlib.suppress(psycopg.Error):
+                self._db.close()
+            self._db = self._connect()
+        return self._db
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            yield cur
+        with self._lock:
+            db = self._live()
+            with db.transaction(), db.cursor() as cur:
+                yield cur
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock, self._db.cursor() as cur:
+        with self._lock:
+            try:
+                return self._read(sql, params)
+            except psycopg.OperationalError:
+                # An idle connection learns that the server restarted only when it is
+                # used; a read is safe to ask again, once, on a new connection.
+                if not self._db.broken:
+                    raise
+                return self._read(sql, params)
+
+    def _read(self, sql: str, params: Iterable[Any]) -> list[tuple[Any, ...]]:
+        with self._live().cursor() as cur:
             cur.execute(self._sql(sql), tuple(params))
             return cur.fetchall()
 

@@ -41,7 +41,7 @@ from firmware_py.journal import Event
 from firmware_py.signing import SigningKey, save_signing_key, verify_envelope
 from tests.support.brokers import Mosquitto, render_acl
 from tests.support.pki import Credentials
-from tests.support.postgres import LedgerDatabases
+from tests.support.postgres import LedgerDatabases, Postgres
 from tests.support.schemas import validate
 
 pytestmark = pytest.mark.timeout(60)
@@ -1122,3 +1122,37 @@ def test_a_lower_ack_that_raced_ours_is_answered_with_ours_again(
     late = _watcher(mosquitto, clients, key, "late")
     assert late.wait_ack(5).retained
     assert ledger.prefix(UNIT, J1) == 5
+
+
+@pytest.mark.timeout(180)  # a PostgreSQL server of its own, started twice
+def test_a_postgresql_crash_under_the_ledger_holds_the_acks_and_loses_nothing(
+        mosquitto: Mosquitto, clients: list[_Client], key: SigningKey,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    with Postgres() as server:
+        ledger = Ledger(server.new_database(), SITE, key, mosquitto.host, mosquitto.port,
+                        settle_s=0.2)
+        ledger.start()
+        try:
+            assert ledger.wait_connected(WAIT_S)
+            watcher = _watcher(mosquitto, clients, key)
+            unit = _unit(mosquitto, clients)
+            for seq in range(1, 4):
+                unit.event(envelope(seq))
+            watcher.wait_ack(3)
+            server.kill()  # as a crash: no checkpoint, connections cut
+            unit.event(envelope(4))
+            unit.event(envelope(5))
+            _wait(ledger, lambda: any("cannot store" in r.getMessage() for r in caplog.records),
+                  "the ledger to find the database gone")
+            assert max(a.seq for a in watcher.of()) == 3  # nothing acked that is not stored
+            server.start()
+            # The ledger retries with a backoff of up to 5 s; recovery takes its time.
+            assert ledger.wait_for(lambda: ledger.prefix(UNIT, J1) == 5, 60), \
+                server.log_tail()
+            watcher.wait_ack(5)
+            assert ledger.count() == 5 and ledger.counters()["stored"] == 5
+            assert ledger.counters()["db_errors"] >= 1
+            assert ledger.gaps()[0].missing == []
+        finally:
+            ledger.stop()

@@ -102,7 +102,8 @@ class Postgres:
                                          "--no-sync")
                 if done.returncode != 0:
                     raise PostgresError(f"initdb failed: {done.stderr.strip()[-2000:]}")
-            self.port = _free_port()
+            # A restart keeps its port: clients reconnect to the URL they were given.
+            self.port = self.port or _free_port()
             opts = (f"-p {self.port} -k {self.data} -c listen_addresses={self.host}"
                     " -c fsync=on -c max_connections=200")
             done = self._as_postgres(server_bin("pg_ctl"), "-D", str(self.data), "-l",
