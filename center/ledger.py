@@ -1033,7 +1033,10 @@ class Ledger:
                 touched.add(rec.unit)
             for msg, reason in bad + unlisted:
                 self._db.add_reject(cur, now_ms, msg.topic, reason, msg.payload)
-            saved = [st for st in self._journals.values() if st.dirty]
+            # Rows in one order in every writer (here and in _flush_dirty): two
+            # ledgers' transactions then never wait on each other in a circle.
+            saved = sorted((st for st in self._journals.values() if st.dirty),
+                           key=lambda st: (st.unit, st.journal))
             for st in saved:
                 self._db.save_journal(cur, st)
             self._db.add_counters(cur, deltas)
@@ -1329,7 +1332,8 @@ class Ledger:
         so they ride along at most once a second.
         """
         unsaved = self._acks_unsaved
-        dirty = [st for st in self._journals.values() if st.ack_dirty]
+        dirty = sorted((st for st in self._journals.values() if st.ack_dirty),
+                       key=lambda st: (st.unit, st.journal))
         if not dirty and not unsaved:
             return
         now = time.monotonic()
