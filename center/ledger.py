@@ -1194,7 +1194,8 @@ class Ledger:
             st.ack_dirty = True
         self._raise_base(st, seq, "this ledger's own retained ack" if msg.retain
                          else "an ack of another ledger of the share group")
-        if not msg.retain:
+        if not msg.retain and self.protocol == "5":
+            # (MQTT 3.1.1 has no noLocal: a live ack may be our own echo there.)
             with self._pub_lock:
                 ours = self._published.get(unit)
             if ours is not None and ours[0] == journal and ours[1] > seq:
