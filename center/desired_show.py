@@ -43,6 +43,7 @@ from .session import (
     options_from_args,
     site_name,
 )
+from .store import is_url
 from .terminal import clean
 
 if TYPE_CHECKING:
@@ -313,7 +314,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if args.db:
             from .send import open_book
 
-            if not Path(args.db).is_file():
+            if not is_url(args.db) and not Path(args.db).is_file():
                 raise UsageError(_("no centre database at {db}").format(db=args.db))
             book = open_book(args.db, None)
             statuses.update(book.unit_statuses())

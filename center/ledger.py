@@ -2,15 +2,16 @@
 
 A broker's PUBACK only says the broker took a message (docs/mqtt-api.md, "End-to-end
 acknowledgement"), so a unit keeps every event until the ledger says it is
-*stored*. The ledger is one process per site:
+*stored*. The ledger is one process per site, or several sharing it (below):
 
 - It holds a persistent MQTT session (MQTT 5 ``clean_start`` false with a
   session expiry, or 3.1.1 ``clean_session`` false) subscribed at QoS 1 to
-  ``xunfang/v1/{site}/+/events/+``, ``…/+/status`` and ``…/+/ack``, with
-  paho's ``manual_ack``: the PUBACK for an event goes back only after the
-  SQLite transaction holding it has committed (WAL, ``synchronous=FULL``, so
-  committed means fsynced). Until then the broker still owns the message and
-  redelivers it after a reconnect.
+  ``xunfang/v1/{site}/+/events/+``, ``…/+/status``, ``…/+/ack`` and
+  ``…/+/health``, with paho's ``manual_ack``: the PUBACK for an event goes
+  back only after the transaction holding it has committed (SQLite: WAL,
+  ``synchronous=FULL``; PostgreSQL: flushed to its WAL), so committed means
+  on disk. Until then the broker still owns the message and redelivers it
+  after a reconnect.
 - It stores each event once, keyed by its id ``{unit}:{journal}:{seq}``. A
   second copy (a ``resent`` one, or a broker redelivery) is counted as a
   duplicate; a copy whose content differs from the stored one is counted and
@@ -68,14 +69,25 @@ current one, and a unit that comes back after months offline must still
 accept the retained ack it finds. A short expiry would only make such units
 resend everything.
 
-**Database** (one SQLite file, 0600): ``events`` (one row per stored event,
-with the payload as received), ``journals`` (base, prefix, highest, count and
-the last published ack per unit and journal), ``units`` (active journal and
-last status), ``counters`` and ``rejects`` (a bounded quarantine of the last
-rejected or malformed messages: topic, reason, first bytes; never events), and
-since schema 2 ``desired_documents`` and ``desired_outcomes``, what ``send --db``
-published and each unit's answer (:mod:`center.desired_book`). An older file
-gets the newer tables at start (:data:`MIGRATIONS`).
+**Database** (:mod:`center.store`: a SQLite file, 0600, or a PostgreSQL
+database): ``events`` (one row per stored event, with the payload as
+received), ``journals`` (base, prefix, highest, count and the last published
+ack per unit and journal), ``units`` (active journal and last status),
+``unit_health``, ``command_results``, ``counters`` and ``rejects`` (a bounded
+quarantine of the last rejected or malformed messages: topic, reason, first
+bytes; never events), ``desired_documents`` and ``desired_outcomes`` (what
+``send --db`` published and each unit's answer, :mod:`center.desired_book`).
+
+**Several ledgers** (``share``, ``--share GROUP``): events come through the
+shared subscription ``$share/{group}/xunfang/v1/{site}/+/events/+``, one
+ledger of the group each; statuses, health and acks stay plain subscriptions
+(a broker sends no retained messages on a shared one). Each batch holds its
+units in the database (:meth:`LedgerStore.lock_units`) and takes up what the
+others committed (a journal row's revision moved), so the prefix is the
+database's; an ack is published from the database's prefix. The session ends
+with the connection, so the broker gives the group's events to the ledgers
+still there; what a dead one held uncommitted, units send again. A lower ack
+of another ledger arriving live after ours is answered by stating ours again.
 
 Example::
 
@@ -107,12 +119,12 @@ import os
 import queue
 import re
 import signal
-import sqlite3
+import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,13 +134,26 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from center.desired_book import DESIRED_SCHEMA
 from center.inventory import InventoryError, load_inventory, units_of_site
 from center.session import broker_address, site_name
+from center.store import (
+    COUNTERS,
+    EventRow,
+    JournalGaps,
+    JournalInfo,
+    JournalState,
+    LedgerDatabaseError,
+    LedgerError,
+    LedgerStore,
+    complement,
+    format_ranges,
+    ranges,
+)
+from center.store.postgres import redact
 from center.terminal import clean
 from firmware_py import topics
-from firmware_py.clock import Clock, SystemClock, parse_rfc3339, rfc3339_ms
-from firmware_py.exc import SignatureError, XunfangError
+from firmware_py.clock import Clock, SystemClock, parse_rfc3339
+from firmware_py.exc import SignatureError
 from firmware_py.signing import SigningKey, load_signing_key, verify_envelope
 
 if TYPE_CHECKING:
@@ -138,6 +163,7 @@ __all__ = [
     "ACK_INTERVAL_S",
     "ACK_TTL_S",
     "COUNTERS",
+    "EventRecord",
     "JournalGaps",
     "JournalInfo",
     "JournalState",
@@ -145,19 +171,19 @@ __all__ = [
     "LedgerDB",
     "LedgerDatabaseError",
     "LedgerError",
+    "LedgerStore",
     "Rejected",
     "TlsFiles",
     "add_parser",
+    "complement",
+    "default_client_id",
     "format_ranges",
     "parse_event",
+    "ranges",
 ]
 
 log = logging.getLogger("xunfang.ledger")
 
-SCHEMA_VERSION = 2
-#: Tables added after the first schema, by the version that adds them; a database of an
-#: older version gets them at start, in order.
-MIGRATIONS: dict[int, str] = {2: DESIRED_SCHEMA}
 #: Least time between two ack publications for one unit.
 ACK_INTERVAL_S = 0.15
 #: Acks are valid for ten years: see the module docstring for why that is safe.
@@ -175,23 +201,10 @@ MAX_BATCH = 1000
 #: Highest seq accepted: acks are signed, and signed messages hold only integers a
 #: double holds exactly (RFC 8785).
 MAX_SEQ = 2**53 - 1
-REJECTS_KEPT = 1000
 #: How often the inventory file is checked for changes.
 INVENTORY_CHECK_S = 2.0
 #: Least time between two log lines about one unit that is not in the inventory.
 UNKNOWN_UNIT_LOG_S = 60.0
-COUNTERS = (
-    "received",  # messages on events topics
-    "stored",  # events stored (first copy)
-    "duplicates",  # further copies of a stored event (resent or redelivered)
-    "conflicts",  # further copies whose content differs from the stored one
-    "malformed",  # unreadable (not JSON, too large) or breaks envelope.json
-    "rejected",  # readable, but claims another unit, site or kind than its topic
-    "unknown_unit",  # events and statuses of units not in the site's inventory
-    "statuses",  # status messages read
-    "acks_published",
-    "db_errors",  # failed commits (retried; the batch is not acknowledged meanwhile)
-)
 
 _JOURNAL_RE = re.compile(r"[0-9a-f]{16}")
 #: envelope.json's form of ``ts``: what units write (rfc3339_ms), always UTC.
@@ -199,66 +212,11 @@ _TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0
 #: envelope.json's required fields.
 _REQUIRED = ("v", "id", "unit", "site", "journal", "seq", "kind", "ts", "boot_id", "mono",
              "clock_synced", "data")
-_EXCERPT_BYTES = 512
 
-_SCHEMA = """
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE events (
-    id          TEXT PRIMARY KEY,          -- {unit}:{journal}:{seq}
-    unit        TEXT    NOT NULL,
-    journal     TEXT    NOT NULL,
-    seq         INTEGER NOT NULL,
-    kind        TEXT    NOT NULL,
-    ts          TEXT,                      -- the unit's wall time, as sent
-    received_ms INTEGER NOT NULL,          -- the ledger's clock
-    resent      INTEGER NOT NULL,          -- the stored copy said "resent": true
-    digest      TEXT    NOT NULL,          -- sha256 of the envelope without "resent"
-    envelope    TEXT    NOT NULL           -- the payload as received
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX events_by_seq ON events (unit, journal, seq);
-CREATE TABLE journals (
-    unit          TEXT    NOT NULL,
-    journal       TEXT    NOT NULL,
-    base          INTEGER NOT NULL,        -- 1..base acknowledged before this ledger
-    prefix        INTEGER NOT NULL,        -- 1..prefix held or at most base
-    max_seq       INTEGER NOT NULL,        -- highest seq held (0: none)
-    held          INTEGER NOT NULL,        -- events stored
-    ack_published INTEGER NOT NULL,        -- highest ack published (or read back)
-    first_seen_ms INTEGER NOT NULL,
-    last_seen_ms  INTEGER NOT NULL,
-    PRIMARY KEY (unit, journal)
-) WITHOUT ROWID;
-CREATE TABLE units (
-    unit           TEXT PRIMARY KEY,
-    active_journal TEXT,                   -- the journal acks are published for
-    status_journal TEXT,                   -- the journal the latest status named
-    status         TEXT,                   -- latest status payload
-    status_ms      INTEGER
-) WITHOUT ROWID;
-CREATE TABLE counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE rejects (
-    n           INTEGER PRIMARY KEY AUTOINCREMENT,
-    received_ms INTEGER NOT NULL,
-    topic       TEXT    NOT NULL,
-    reason      TEXT    NOT NULL,
-    bytes       INTEGER NOT NULL,
-    excerpt     TEXT    NOT NULL
-);
-"""
-
-
-class LedgerError(XunfangError):
-    """The ledger cannot open its database or run as asked."""
-
-
-class LedgerDatabaseError(LedgerError, OSError):
-    """The ledger database cannot be opened, is not a ledger database, or is another site's."""
+#: The store of either backend (a SQLite path or a ``postgresql://`` URL opens the right one).
+LedgerDB = LedgerStore
+#: An event envelope that passed the identity checks, ready to store.
+EventRecord = EventRow
 
 
 class Rejected(ValueError):
@@ -280,21 +238,6 @@ class TlsFiles:
 
 
 # -- pure parts: envelope checks and prefix tracking ----------------------------------------
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """An event envelope that passed the identity checks, ready to store."""
-
-    id: str
-    unit: str
-    journal: str
-    seq: int
-    kind: str
-    ts: str | None
-    resent: bool
-    digest: str
-    envelope: str
 
 
 def _reject_constant(name: str) -> Any:
@@ -406,430 +349,6 @@ def parse_event(topic: topics.Topic, payload: bytes) -> EventRecord:
     )
 
 
-def ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
-    """Sorted integers as inclusive runs: ``[1, 2, 3, 7]`` → ``[(1, 3), (7, 7)]``."""
-    out: list[tuple[int, int]] = []
-    for s in seqs:
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        elif not out or s > out[-1][1]:
-            out.append((s, s))
-    return out
-
-
-def complement(held: Iterable[int], first: int, last: int) -> list[tuple[int, int]]:
-    """The runs of ``first..last`` not in the sorted ``held``."""
-    out: list[tuple[int, int]] = []
-    cur = first
-    for s in held:
-        if s < cur:
-            continue
-        if s > last:
-            break
-        if s > cur:
-            out.append((cur, s - 1))
-        cur = s + 1
-    if cur <= last:
-        out.append((cur, last))
-    return out
-
-
-def format_ranges(runs: Iterable[tuple[int, int]], limit: int | None = None) -> str:
-    """``[(4, 4), (6, 9)]`` → ``"4, 6-9"``; with ``limit``, the rest as ``(+N more)``."""
-    runs = list(runs)
-    shown = runs if limit is None else runs[:limit]
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in shown)
-    if len(runs) > len(shown):
-        text += f" (+{len(runs) - len(shown)} more)"
-    return text
-
-
-@dataclass
-class JournalState:
-    """The ledger's view of one unit's journal: base, contiguous prefix, held seqs above it.
-
-    Invariant: every seq in ``1..prefix`` is held or at most ``base``; ``above``
-    holds exactly the held seqs greater than ``prefix``.
-    """
-
-    unit: str
-    journal: str
-    base: int = 0
-    prefix: int = 0
-    max_seq: int = 0
-    held: int = 0
-    ack_published: int = 0
-    first_seen_ms: int = 0
-    last_seen_ms: int = 0
-    above: set[int] = field(default_factory=set)
-    dirty: bool = False
-
-    @property
-    def missing(self) -> int:
-        """How many seqs between the prefix and the highest held are not held."""
-        return max(0, self.max_seq - self.prefix - len(self.above))
-
-    def missing_runs(self) -> list[tuple[int, int]]:
-        return complement(sorted(self.above), self.prefix + 1, self.max_seq)
-
-    def add(self, seq: int) -> None:
-        """Record a newly stored seq (the caller has made sure it was not held)."""
-        self.held += 1
-        self.max_seq = max(self.max_seq, seq)
-        if seq > self.prefix:
-            self.above.add(seq)
-            self._advance()
-        self.dirty = True
-
-    def raise_base(self, n: int) -> list[tuple[int, int]]:
-        """Treat ``1..n`` as acknowledged before; return the runs no longer missing."""
-        if n <= self.prefix:
-            return []
-        newly = complement(sorted(s for s in self.above if s <= n), self.prefix + 1, n)
-        self.base = n
-        self.prefix = n
-        self.above = {s for s in self.above if s > n}
-        self._advance()
-        self.dirty = True
-        return newly
-
-    def _advance(self) -> None:
-        while self.prefix + 1 in self.above:
-            self.prefix += 1
-            self.above.discard(self.prefix)
-
-
-# -- the database ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JournalInfo:
-    """One (unit, journal) as the database holds it."""
-
-    unit: str
-    journal: str
-    active: bool
-    base: int
-    prefix: int
-    max_seq: int
-    held: int
-    ack_published: int
-    first_seen_ms: int
-    last_seen_ms: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "unit": self.unit,
-            "journal": self.journal,
-            "active": self.active,
-            "base": self.base,
-            "prefix": self.prefix,
-            "max_seq": self.max_seq,
-            "held": self.held,
-            "ack_published": self.ack_published,
-            "first_seen": rfc3339_ms(self.first_seen_ms),
-            "last_seen": rfc3339_ms(self.last_seen_ms),
-        }
-
-
-@dataclass(frozen=True)
-class JournalGaps:
-    """What a journal lacks: ``missing`` runs above the prefix, ``acked_before`` up to the base."""
-
-    info: JournalInfo
-    missing: list[tuple[int, int]]
-    acked_before: list[tuple[int, int]]
-
-    @property
-    def missing_count(self) -> int:
-        return sum(b - a + 1 for a, b in self.missing)
-
-    @property
-    def acked_before_count(self) -> int:
-        return sum(b - a + 1 for a, b in self.acked_before)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            **self.info.as_dict(),
-            "missing": [list(r) for r in self.missing],
-            "missing_count": self.missing_count,
-            "acked_before": [list(r) for r in self.acked_before],
-            "acked_before_count": self.acked_before_count,
-        }
-
-
-def _create_owner_only(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    os.close(fd)
-    return True
-
-
-def _execute_script(cur: sqlite3.Cursor, script: str) -> None:
-    for statement in script.split(";"):
-        if statement.strip():
-            cur.execute(statement)
-
-
-class LedgerDB:
-    """The ledger's SQLite file. Methods are thread-safe (one lock per connection).
-
-    ``readonly`` opens an existing file for queries (the CLI's ``gaps`` and
-    ``stats``, or a second handle next to a running ledger): WAL lets it read
-    while the ledger writes.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], site: str | None = None,
-                 readonly: bool = False, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self.readonly = readonly
-        self._lock = threading.RLock()
-        try:
-            if readonly:
-                if not self.path.exists():
-                    raise LedgerDatabaseError(f"no ledger database at {self.path}")
-                self._db = sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s,
-                    isolation_level=None, check_same_thread=False,
-                )
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                # Events are evidence: the file is the centre's alone, like a unit's journal.
-                _create_owner_only(self.path)
-                self._db = sqlite3.connect(
-                    self.path, timeout=busy_timeout_s, isolation_level=None,
-                    check_same_thread=False,
-                )
-        except sqlite3.Error as err:
-            raise LedgerDatabaseError(f"cannot open ledger database {self.path}: {err}") from err
-        try:
-            self._setup(site)
-        except sqlite3.DatabaseError as err:
-            self._db.close()
-            raise LedgerDatabaseError(
-                f"{self.path} is not a usable ledger database: {err}") from err
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _setup(self, site: str | None) -> None:
-        db = self._db
-        if self.readonly:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if not 1 <= version <= SCHEMA_VERSION:
-                raise LedgerDatabaseError(
-                    f"{self.path} is not a ledger database (schema version {version})")
-            self.site = self.meta("site") or ""
-            return
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise LedgerDatabaseError(f"{self.path}: cannot switch to WAL mode (got {mode})")
-        # FULL: the WAL is fsynced at every commit, so a PUBACK sent after a
-        # commit is never ahead of the disk, even across a power cut.
-        db.execute("PRAGMA synchronous=FULL")
-        with self.transaction() as cur:
-            version = cur.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                has_tables = cur.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-                if has_tables:
-                    raise LedgerDatabaseError(f"{self.path} holds tables but is not a ledger")
-                if site is None:
-                    raise LedgerDatabaseError(f"{self.path} is a new ledger: give its site")
-                _execute_script(cur, _SCHEMA)
-                cur.execute("INSERT INTO meta VALUES ('site', ?)", (site,))
-                cur.execute("INSERT INTO meta VALUES ('created_ms', ?)",
-                            (str(int(time.time() * 1000)),))
-                version = 1
-                log.info("created ledger database %s for site %s", self.path, site)
-            if 1 <= version < SCHEMA_VERSION:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    _execute_script(cur, MIGRATIONS[step])
-                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise LedgerDatabaseError(
-                    f"{self.path} has ledger schema version {version}, this build knows "
-                    f"{SCHEMA_VERSION}")
-        stored = self.meta("site") or ""
-        if site is not None and stored != site:
-            raise LedgerDatabaseError(
-                f"{self.path} is the ledger of site {stored!r}, not {site!r}: "
-                "one database per site")
-        self.site = stored
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction; on disk when the block ends, rolled back if it raises."""
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                raise
-            try:
-                cur.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    cur.execute("ROLLBACK")
-                raise
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchall()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def meta(self, key: str) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
-        return rows[0][0] if rows else None
-
-    # -- state load and store (used by Ledger's writer thread) ------------------------------
-
-    def load_journals(self) -> dict[tuple[str, str], JournalState]:
-        states: dict[tuple[str, str], JournalState] = {}
-        for row in self._query(
-            "SELECT unit, journal, base, prefix, max_seq, held, ack_published, first_seen_ms,"
-            " last_seen_ms FROM journals"
-        ):
-            st = JournalState(*row)
-            st.above = {s for (s,) in self._query(
-                "SELECT seq FROM events WHERE unit=? AND journal=? AND seq>?",
-                (st.unit, st.journal, st.prefix))}
-            states[(st.unit, st.journal)] = st
-        return states
-
-    def load_units(self) -> dict[str, tuple[str | None, str | None]]:
-        """{unit: (active journal, journal named by the latest status)}."""
-        return {u: (a, s) for u, a, s in self._query(
-            "SELECT unit, active_journal, status_journal FROM units")}
-
-    @staticmethod
-    def save_journal(cur: sqlite3.Cursor, st: JournalState) -> None:
-        cur.execute(
-            "INSERT INTO journals VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(unit, journal) DO UPDATE"
-            " SET base=excluded.base, prefix=excluded.prefix, max_seq=excluded.max_seq,"
-            " held=excluded.held, ack_published=max(ack_published, excluded.ack_published),"
-            " last_seen_ms=excluded.last_seen_ms",
-            (st.unit, st.journal, st.base, st.prefix, st.max_seq, st.held, st.ack_published,
-             st.first_seen_ms, st.last_seen_ms),
-        )
-
-    @staticmethod
-    def add_counters(cur: sqlite3.Cursor, deltas: dict[str, int]) -> None:
-        for name, delta in deltas.items():
-            if delta:
-                cur.execute(
-                    "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
-                    " SET value = value + excluded.value", (name, delta))
-
-    @staticmethod
-    def add_reject(cur: sqlite3.Cursor, now_ms: int, topic: str, reason: str,
-                   payload: bytes) -> None:
-        excerpt = payload[:_EXCERPT_BYTES].decode("utf-8", "replace")
-        cur.execute(
-            "INSERT INTO rejects (received_ms, topic, reason, bytes, excerpt) VALUES (?,?,?,?,?)",
-            (now_ms, topic, reason[:500], len(payload), excerpt))
-        cur.execute("DELETE FROM rejects WHERE n <= (SELECT max(n) FROM rejects) - ?",
-                    (REJECTS_KEPT,))
-
-    # -- queries ----------------------------------------------------------------------------
-
-    def counters(self) -> dict[str, int]:
-        values = dict.fromkeys(COUNTERS, 0)
-        values.update(dict(self._query("SELECT name, value FROM counters")))
-        return values
-
-    def journals(self, unit: str | None = None) -> list[JournalInfo]:
-        sql = ("SELECT j.unit, j.journal, coalesce(u.active_journal = j.journal, 0), j.base,"
-               " j.prefix, j.max_seq, j.held, j.ack_published, j.first_seen_ms, j.last_seen_ms"
-               " FROM journals j LEFT JOIN units u ON u.unit = j.unit")
-        params: list[Any] = []
-        if unit is not None:
-            sql += " WHERE j.unit = ?"
-            params.append(unit)
-        sql += " ORDER BY j.unit, j.first_seen_ms, j.journal"
-        return [JournalInfo(r[0], r[1], bool(r[2]), *r[3:]) for r in self._query(sql, params)]
-
-    def journal(self, unit: str, journal: str) -> JournalInfo | None:
-        for info in self.journals(unit):
-            if info.journal == journal:
-                return info
-        return None
-
-    def seqs(self, unit: str, journal: str, above: int = 0,
-             up_to: int | None = None) -> list[int]:
-        """Held seqs of one journal, ascending, optionally bounded."""
-        sql = "SELECT seq FROM events WHERE unit=? AND journal=? AND seq>?"
-        params: list[Any] = [unit, journal, above]
-        if up_to is not None:
-            sql += " AND seq<=?"
-            params.append(up_to)
-        return [s for (s,) in self._query(sql + " ORDER BY seq", params)]
-
-    def gaps(self, unit: str | None = None) -> list[JournalGaps]:
-        """Every journal (of ``unit``) with its missing and acknowledged-before runs."""
-        out = []
-        for info in self.journals(unit):
-            missing = complement(self.seqs(info.unit, info.journal, above=info.prefix),
-                                 info.prefix + 1, info.max_seq)
-            before = (complement(self.seqs(info.unit, info.journal, up_to=info.base), 1, info.base)
-                      if info.base else [])
-            out.append(JournalGaps(info, missing, before))
-        return out
-
-    def event(self, event_id: str) -> dict[str, Any] | None:
-        """The stored envelope of one event, or None."""
-        rows = self._query("SELECT envelope FROM events WHERE id=?", (event_id,))
-        return json.loads(rows[0][0]) if rows else None
-
-    def count(self, unit: str | None = None, journal: str | None = None) -> int:
-        sql, params = "SELECT count(*) FROM events", []
-        if unit is not None:
-            sql += " WHERE unit=?"
-            params.append(unit)
-            if journal is not None:
-                sql += " AND journal=?"
-                params.append(journal)
-        return int(self._query(sql, params)[0][0])
-
-    def rejects(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._query("SELECT received_ms, topic, reason, bytes, excerpt FROM rejects"
-                           " ORDER BY n DESC LIMIT ?", (limit,))
-        return [{"received": rfc3339_ms(r[0]), "topic": r[1], "reason": r[2], "bytes": r[3],
-                 "excerpt": r[4]} for r in rows]
-
-    def stats(self) -> dict[str, Any]:
-        gaps = self.gaps()
-        with self._lock:
-            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-            size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        return {
-            "path": str(self.path),
-            "site": self.site,
-            "events": self.count(),
-            "units": len({g.info.unit for g in gaps}),
-            "journals": len(gaps),
-            "journals_with_gaps": sum(1 for g in gaps if g.missing),
-            "missing": sum(g.missing_count for g in gaps),
-            "acked_before": sum(g.acked_before_count for g in gaps),
-            "counters": self.counters(),
-            "bytes": int(pages * size),
-            "per_journal": [
-                {k: v for k, v in g.as_dict().items() if k not in ("missing", "acked_before")}
-                for g in gaps
-            ],
-        }
-
-
 # -- the running ledger -------------------------------------------------------------------
 
 
@@ -932,17 +451,24 @@ class Ledger:
         receive_maximum: int = RECEIVE_MAXIMUM,
         clock: Clock | None = None,
         inventory: str | os.PathLike[str] | None = None,
+        share: str | None = None,
     ) -> None:
         if not topics.NAME_RE.match(site):
             raise ValueError(f"site {site!r} must match {topics.NAME_RE.pattern}")
         if protocol not in ("5", "3.1.1"):
             raise ValueError(f"MQTT protocol {protocol!r}: use '5' or '3.1.1'")
-        self.db_path = Path(db_path)
+        #: A SQLite file path, or a ``postgresql://`` URL.
+        self.db_path: str | Path = db_path if isinstance(db_path, str) and "://" in db_path \
+            else Path(db_path)
+        if share is not None and not topics.NAME_RE.match(share):
+            raise ValueError(f"share group {share!r} must match {topics.NAME_RE.pattern}")
+        #: The shared-subscription group (``$share/{group}/…``) of the site's ledgers, or None.
+        self.share = share
         self.site = site
         self.key = key
         self.host, self.port = host, port
         self.protocol = protocol
-        self.client_id = client_id or f"xunfang_ledger_{site}"
+        self.client_id = client_id or default_client_id(site, share)
         self.ack_interval_s = ack_interval_s
         self.settle_s = settle_s
         self.clock: Clock = clock or SystemClock()
@@ -965,8 +491,8 @@ class Ledger:
         self._changed = threading.Condition()
         self._writer: threading.Thread | None = None
         self._client: mqtt.Client | None = None
-        self._db: LedgerDB | None = None
-        self._reader: LedgerDB | None = None
+        self._db: LedgerStore | None = None
+        self._reader: LedgerStore | None = None
         self._started = False
         self._closed = False
 
@@ -978,6 +504,7 @@ class Ledger:
         self._last_pub: dict[str, float] = {}
         self._settle_until: float | None = None
         self._last_flush = 0.0
+        self._state_stale = False  # memory may be ahead of the database: reload first
         self._acks_unsaved = 0  # acks published since the counter was last written
         self._db_errors_unsaved = 0  # failed commits, written with the next good one
         self._throttle = _Throttle()
@@ -1000,8 +527,12 @@ class Ledger:
                 raise LedgerError(str(err)) from err
             log.info("inventory %s: %d unit(s) of site %s", self.inventory_path,
                      len(self._inventory), self.site)
-        self._db = LedgerDB(self.db_path, site=self.site)
-        self._reader = LedgerDB(self.db_path, readonly=True)
+        self._db = LedgerStore(self.db_path, site=self.site, writer=self.client_id)
+        try:
+            self._reader = LedgerStore(self.db_path, readonly=True, writer=self.client_id)
+        except LedgerError:
+            self._db.close()
+            raise
         self._load_state()
         try:
             self._client = self._make_client()
@@ -1078,7 +609,17 @@ class Ledger:
                 self._changed.wait(min(remaining, 0.1))
 
     @property
-    def db(self) -> LedgerDB:
+    def _db_errors(self) -> tuple[type[BaseException], ...]:
+        """What the database raises when it fails (retried, never a reason to drop)."""
+        return self._db.errors if self._db is not None else ()
+
+    @property
+    def db_name(self) -> str:
+        """The database as logs name it (a URL without its password)."""
+        return redact(str(self.db_path))
+
+    @property
+    def db(self) -> LedgerStore:
         """A read handle on the database (queries only)."""
         if self._reader is None:
             raise LedgerError("ledger not started")
@@ -1122,7 +663,8 @@ class Ledger:
                                  protocol=mqtt.MQTTv5, manual_ack=True)
         else:
             client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                                 clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+                                 clean_session=self.share is not None,
+                                 protocol=mqtt.MQTTv311, manual_ack=True)
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
         if self._tls is not None:
@@ -1143,10 +685,14 @@ class Ledger:
         assert self._client is not None
         if self.protocol == "5":
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self._session_expiry_s
+            if self.share is None:
+                props.SessionExpiryInterval = self._session_expiry_s
             props.ReceiveMaximum = self._receive_maximum
+            # In a share group the session ends with the connection: the broker
+            # then gives the group's events to the ledgers still there, instead of
+            # queueing half of them for one that is gone (see docs/centre.md).
             self._client.connect_async(self.host, self.port, self._keepalive,
-                                       clean_start=False, properties=props)
+                                       clean_start=self.share is not None, properties=props)
         else:
             self._client.connect_async(self.host, self.port, self._keepalive)
         # loop_start runs loop_forever(retry_first_connection=True): a broker
@@ -1155,7 +701,13 @@ class Ledger:
 
     def _filters(self) -> list[str]:
         root = f"{topics.PREFIX}/{self.site}/+"
-        return [f"{root}/events/+", f"{root}/status", f"{root}/ack"]
+        events = f"{root}/events/+"
+        if self.share is not None:
+            # Events go to one ledger of the group each. Statuses, health and acks
+            # stay per process: each ledger needs the retained ones at subscribe
+            # (a broker sends no retained messages on a shared subscription).
+            events = f"$share/{self.share}/{events}"
+        return [events, f"{root}/status", f"{root}/ack", f"{root}/health"]
 
     def _on_connect(self, client: mqtt.Client, _userdata: Any, flags: Any,
                     reason: Any, _props: Any) -> None:
@@ -1168,7 +720,11 @@ class Ledger:
                  self.client_id, self.protocol,
                  "resumed" if flags.session_present else "new")
         if self.protocol == "5":
-            subs: list[Any] = [(f, SubscribeOptions(qos=1)) for f in self._filters()]
+            # In a share group a live ack on the ack topics is another ledger's
+            # (noLocal keeps our own echoes away; retained copies still come).
+            subs: list[Any] = [(f, SubscribeOptions(
+                qos=1, noLocal=self.share is not None and f.endswith("/ack")))
+                for f in self._filters()]
         else:
             subs = [(f, 1) for f in self._filters()]
         # Every time, even with a session present: the broker then sends the
@@ -1277,8 +833,16 @@ class Ledger:
 
     # -- writer thread --------------------------------------------------------------------
 
+    def _reload_state(self) -> None:
+        """After a failed transaction: memory may be ahead of the database. Reload now, or
+        (the database away) before the next batch."""
+        self._state_stale = True
+        with contextlib.suppress(*self._db_errors):
+            self._load_state()
+
     def _load_state(self) -> None:
         assert self._db is not None
+        self._state_stale = False
         self._journals = self._db.load_journals()
         self._units = {u: _UnitState(a, s) for u, (a, s) in self._db.load_units().items()}
         self._counters = self._db.counters()
@@ -1337,22 +901,21 @@ class Ledger:
             try:
                 touched = self._apply(batch)
                 break
-            except sqlite3.Error as err:
+            except self._db_errors as err:
                 # Memory may be ahead of the rolled-back disk: reload, then retry.
                 # The batch stays un-PUBACKed, so the broker holds it meanwhile.
                 self._db_errors_unsaved += 1
                 log.error("ledger database %s: cannot store %d message(s): %s; retrying in "
-                          "%.1f s", self.db_path, len(batch), err, delay)
-                with contextlib.suppress(sqlite3.Error):
-                    self._load_state()
+                          "%.1f s", self.db_name, len(batch), " ".join(str(err).split()),
+                          delay)
+                self._reload_state()
                 if self._stopping.wait(delay):
                     return
                 delay = min(delay * 2, 5.0)
             except Exception:
                 # A bug met by some input: find the message by storing one at a
                 # time, and drop only that one (acked, counted, logged).
-                with contextlib.suppress(sqlite3.Error):
-                    self._load_state()
+                self._reload_state()
                 if len(batch) > 1:
                     for msg in batch:
                         self._store_batch([msg])
@@ -1377,6 +940,8 @@ class Ledger:
     def _apply(self, batch: list[_Inbound]) -> set[str]:
         """Everything one batch changes, in one transaction; returns units whose ack may move."""
         assert self._db is not None
+        if self._state_stale:
+            self._load_state()
         now_ms = self.clock.wall_ms()
         deltas = dict.fromkeys(COUNTERS, 0)
         deltas["db_errors"] = self._db_errors_unsaved
@@ -1415,10 +980,16 @@ class Ledger:
         # Statuses and acks first (they set bases), then events in seq order, so
         # events reordered within one batch do not log a gap that closes at once.
         events.sort(key=lambda pair: (pair[1].unit, pair[1].journal, pair[1].seq))
-        before = {k: (st.prefix, st.max_seq, st.missing) for k, st in self._journals.items()}
+        units = sorted({rec.unit for _, rec in events} | {parsed.unit for _, parsed in others})
         touched: set[str] = set()
         new_journals: set[tuple[str, str]] = set()
         with self._db.transaction() as cur:
+            # Another ledger may write the same units: hold them, then take up
+            # what it committed since (a journal whose revision moved is re-read).
+            self._db.lock_units(cur, units)
+            self._refresh(cur, units)
+            before = {k: (st.prefix, st.max_seq, st.missing)
+                      for k, st in self._journals.items()}
             for msg, parsed in others:
                 try:
                     if parsed.channel == "status":
@@ -1426,33 +997,36 @@ class Ledger:
                         self._apply_status(cur, parsed, msg, now_ms, touched, new_journals)
                     elif parsed.channel == "ack":
                         self._apply_own_ack(cur, parsed, msg, now_ms, touched, new_journals)
+                    elif parsed.channel == "health":
+                        self._apply_health(cur, parsed, msg, now_ms)
                 except Rejected as err:
                     deltas[err.counter] += 1
                     bad.append((msg, err.reason))
-                except sqlite3.Error:
+                except self._db_errors:
                     raise
                 except Exception as err:  # bad input never stops the ledger
                     deltas["malformed"] += 1
                     bad.append((msg, f"unreadable: {err!r}"))
+            # One copy of each id goes to the database; later copies in the batch
+            # are duplicates of the first, like copies arriving in a later batch.
+            first: dict[str, EventRecord] = {}
+            for _, rec in events:
+                first.setdefault(rec.id, rec)
+            new, held = self._db.insert_events(cur, list(first.values()), now_ms)
             for msg, rec in events:
                 key = (rec.unit, rec.journal)
                 st = self._journals.get(key)
                 if st is None:
                     st = self._new_journal(rec.unit, rec.journal, now_ms, new_journals)
-                cur.execute(
-                    "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (rec.id, rec.unit, rec.journal, rec.seq, rec.kind, rec.ts, now_ms,
-                     int(rec.resent), rec.digest, rec.envelope))
                 st.last_seen_ms = now_ms
                 st.dirty = True
-                if cur.rowcount == 1:
+                if rec.id in new and first[rec.id] is rec:
                     deltas["stored"] += 1
                     st.add(rec.seq)
                 else:
                     deltas["duplicates"] += 1
-                    stored = cur.execute("SELECT digest FROM events WHERE id=?",
-                                         (rec.id,)).fetchone()
-                    if stored and stored[0] != rec.digest:
+                    stored = held.get(rec.id) or first[rec.id].digest
+                    if stored != rec.digest:
                         deltas["conflicts"] += 1
                         bad.append((msg, f"event {rec.id} differs from the stored copy "
                                          "(kept the first)"))
@@ -1460,22 +1034,45 @@ class Ledger:
                 touched.add(rec.unit)
             for msg, reason in bad + unlisted:
                 self._db.add_reject(cur, now_ms, msg.topic, reason, msg.payload)
-            for st in self._journals.values():
-                if st.dirty:
-                    LedgerDB.save_journal(cur, st)
+            # Rows in one order in every writer (here and in _flush_dirty): two
+            # ledgers' transactions then never wait on each other in a circle.
+            saved = sorted((st for st in self._journals.values() if st.dirty),
+                           key=lambda st: (st.unit, st.journal))
+            for st in saved:
+                self._db.save_journal(cur, st)
             self._db.add_counters(cur, deltas)
         # Committed: now it is safe to say so, in the log and with PUBACKs.
         self._db_errors_unsaved = 0
         for name, delta in deltas.items():
             self._counters[name] += delta
-        for st in self._journals.values():
-            st.dirty = False
+        for st in saved:
+            st.dirty = st.ack_dirty = False
         for msg, reason in bad:
             if self._throttle.allow():
                 log.warning("dropped message on %s: %s", clean(msg.topic, 120),
                             clean(reason, 300))
         self._log_gaps(before, {(rec.unit, rec.journal) for _, rec in events})
         return touched
+
+    def _refresh(self, cur: Any, units: list[str]) -> None:
+        """Take up what other ledgers committed for ``units`` (their locks held)."""
+        assert self._db is not None
+        if not units:
+            return
+        for key, rev in self._db.journal_revs(cur, units).items():
+            st = self._journals.get(key)
+            if st is not None and st.rev == rev:
+                continue
+            fresh = self._db.reload_journal(cur, *key)
+            if fresh is None:
+                continue
+            if st is not None:
+                fresh.ack_published = max(fresh.ack_published, st.ack_published)
+                fresh.ack_dirty = st.ack_dirty
+            self._journals[key] = fresh
+        for unit, (active, status_journal) in self._db.units_of(cur, units).items():
+            state = self._unit(unit)
+            state.active, state.status_journal = active, status_journal
 
     def _new_journal(self, unit: str, journal: str, now_ms: int,
                      new_journals: set[tuple[str, str]]) -> JournalState:
@@ -1491,17 +1088,25 @@ class Ledger:
             state = self._units[unit] = _UnitState()
         return state
 
-    def _save_unit(self, cur: sqlite3.Cursor, unit: str, status: str | None = None,
+    def _save_unit(self, cur: Any, unit: str, status: str | None = None,
                    status_ms: int | None = None) -> None:
+        assert self._db is not None
         state = self._unit(unit)
-        cur.execute(
-            "INSERT INTO units VALUES (?,?,?,?,?) ON CONFLICT(unit) DO UPDATE SET"
-            " active_journal=excluded.active_journal, status_journal=excluded.status_journal,"
-            " status=coalesce(excluded.status, status),"
-            " status_ms=coalesce(excluded.status_ms, status_ms)",
-            (unit, state.active, state.status_journal, status, status_ms))
+        self._db.save_unit(cur, unit, state.active, state.status_journal, status, status_ms)
 
-    def _note_event_journal(self, cur: sqlite3.Cursor, unit: str, journal: str,
+    def _apply_health(self, cur: Any, parsed: topics.Topic, msg: _Inbound,
+                      now_ms: int) -> None:
+        if not msg.payload:
+            return  # a cleared retained report
+        doc = _loads(msg.payload)
+        if not isinstance(doc, dict):
+            raise Rejected(f"health is a JSON {type(doc).__name__}, not an object")
+        if doc.get("unit", parsed.unit) != parsed.unit:
+            raise Rejected(f"health claims unit {doc.get('unit')!r} on {msg.topic}", "rejected")
+        assert self._db is not None
+        self._db.save_health(cur, parsed.unit, msg.payload.decode("utf-8"), now_ms)
+
+    def _note_event_journal(self, cur: Any, unit: str, journal: str,
                             is_new: bool) -> None:
         # A unit whose status names its journal is told apart by the status
         # alone: a straggler from an old journal, or one the ledger never saw
@@ -1517,7 +1122,7 @@ class Ledger:
             state.active = journal
             self._save_unit(cur, unit)
 
-    def _apply_status(self, cur: sqlite3.Cursor, parsed: topics.Topic, msg: _Inbound,
+    def _apply_status(self, cur: Any, parsed: topics.Topic, msg: _Inbound,
                       now_ms: int, touched: set[str],
                       new_journals: set[tuple[str, str]]) -> None:
         if not msg.payload:
@@ -1556,12 +1161,13 @@ class Ledger:
             # The rest of the status was used; count and log the bad part.
             raise Rejected(problem)
 
-    def _apply_own_ack(self, cur: sqlite3.Cursor, parsed: topics.Topic, msg: _Inbound,
+    def _apply_own_ack(self, cur: Any, parsed: topics.Topic, msg: _Inbound,
                        now_ms: int, touched: set[str],
                        new_journals: set[tuple[str, str]]) -> None:
-        # Only the retained copy matters: it is what an earlier life of this
-        # ledger published. Live copies are our own echoes.
-        if not msg.retain or not msg.payload:
+        # The retained copy is what an earlier life of this ledger (or another
+        # ledger of its share group) published. A live copy is our own echo, or in
+        # a share group another ledger's ack (noLocal keeps our echoes away).
+        if not msg.payload or (not msg.retain and self.share is None):
             return
         try:
             doc = _loads(msg.payload)
@@ -1586,8 +1192,17 @@ class Ledger:
                                                                       new_journals)
         if seq > st.ack_published:
             st.ack_published = seq
-            st.dirty = True
-        self._raise_base(st, seq, "this ledger's own retained ack")
+            st.ack_dirty = True
+        self._raise_base(st, seq, "this ledger's own retained ack" if msg.retain
+                         else "an ack of another ledger of the share group")
+        if not msg.retain and self.protocol == "5":
+            # (MQTT 3.1.1 has no noLocal: a live ack may be our own echo there.)
+            with self._pub_lock:
+                ours = self._published.get(unit)
+            if ours is not None and ours[0] == journal and ours[1] > seq:
+                # A lower ack raced ours to the broker and is now the retained one:
+                # state ours again, so a unit connecting later is not sent back.
+                self._want_ack(unit, force=True)
         state = self._unit(unit)
         if state.active is None:
             # A database that knows nothing of this unit: its last ack is the best guess.
@@ -1670,9 +1285,22 @@ class Ledger:
         if state is None or state.active is None or self._client is None:
             return
         st = self._journals.get((unit, state.active))
-        if st is None or st.prefix <= 0:
+        if st is None:
             return
         seq = st.prefix
+        if self.share is not None and self._reader is not None:
+            # Other ledgers of the group store this unit's events too: the ack is
+            # the prefix the database holds now, whoever committed it.
+            try:
+                info = self._reader.journal(unit, st.journal)
+            except self._db_errors as err:
+                log.error("ledger database %s: cannot read the prefix of %s: %s",
+                          self.db_name, unit, str(err).strip())
+                info = None
+            if info is not None:
+                seq = max(seq, info.prefix)
+        if seq <= 0:
+            return
         # Never lower than published before for this journal; the same ack again
         # only when asked to re-state it (after a (re)connect).
         if seq < st.ack_published:
@@ -1691,7 +1319,7 @@ class Ledger:
         self._last_pub[unit] = time.monotonic()
         if seq > st.ack_published:
             st.ack_published = seq
-            st.dirty = True
+            st.ack_dirty = True
         self._counters["acks_published"] += 1
         self._acks_unsaved += 1
         log.debug("ack %s journal %s seq %d", unit, st.journal, seq)
@@ -1706,7 +1334,8 @@ class Ledger:
         so they ride along at most once a second.
         """
         unsaved = self._acks_unsaved
-        dirty = [st for st in self._journals.values() if st.dirty]
+        dirty = sorted((st for st in self._journals.values() if st.ack_dirty),
+                       key=lambda st: (st.unit, st.journal))
         if not dirty and not unsaved:
             return
         now = time.monotonic()
@@ -1717,14 +1346,24 @@ class Ledger:
         try:
             with self._db.transaction() as cur:
                 for st in dirty:
-                    LedgerDB.save_journal(cur, st)
-                LedgerDB.add_counters(cur, {"acks_published": unsaved})
-        except sqlite3.Error as err:
-            log.error("ledger database %s: cannot save ack marks: %s", self.db_path, err)
+                    self._db.save_ack_published(cur, st)
+                self._db.add_counters(cur, {"acks_published": unsaved})
+        except self._db_errors as err:
+            log.error("ledger database %s: cannot save ack marks: %s", self.db_name,
+                      str(err).strip())
             return
         self._acks_unsaved = 0
         for st in dirty:
-            st.dirty = False
+            st.ack_dirty = False
+
+
+def default_client_id(site: str, share: str | None) -> str:
+    """``xunfang_ledger_{site}``; in a share group one per process, so that two ledgers
+    on one host do not take each other's connection."""
+    if share is None:
+        return f"xunfang_ledger_{site}"
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+    return f"xunfang_ledger_{site}_{host}_{os.getpid()}"
 
 
 # -- CLI ------------------------------------------------------------------------------------
@@ -1774,7 +1413,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ledger = Ledger(
         args.db, args.site, key, host, port if port is not None else (8883 if tls else 1883),
         protocol=args.protocol, client_id=args.client_id, username=args.username,
-        password=password, tls=tls, inventory=args.inventory)
+        password=password, tls=tls, inventory=args.inventory, share=args.share)
     done = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -1787,8 +1426,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         ledger.start()
     except LedgerError as err:
         return _fail(str(err))
-    log.info("ledger of site %s: database %s, broker %s:%s, signing as %s", args.site, args.db,
-             ledger.host, ledger.port, key.name)
+    log.info("ledger of site %s: database %s, broker %s:%s, signing as %s%s", args.site,
+             ledger.db_name, ledger.host, ledger.port, key.name,
+             f", in share group {args.share} as {ledger.client_id}" if args.share else "")
     try:
         while not done.wait(1.0):
             pass
@@ -1797,13 +1437,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_readonly(path: str) -> LedgerDB | int:
+def _open_readonly(target: str) -> LedgerStore | int:
     try:
-        return LedgerDB(path, readonly=True)
+        return LedgerStore(target, readonly=True)
     except LedgerError as err:
         return _fail(str(err))
-    except sqlite3.Error as err:
-        return _fail(f"cannot read {path}: {err}")
 
 
 def cmd_gaps(args: argparse.Namespace) -> int:
@@ -1819,7 +1457,7 @@ def cmd_gaps(args: argparse.Namespace) -> int:
         print(json.dumps([g.as_dict() for g in gaps], indent=2))
         return 0
     if not gaps:
-        print(f"no journals{' of unit ' + args.unit if args.unit else ''} in {args.db}")
+        print(f"no journals{' of unit ' + args.unit if args.unit else ''} in {db.name}")
         return 0
     rows = [("UNIT", "JOURNAL", "ACTIVE", "ACKED", "HIGHEST", "HELD", "MISSING",
              "ACKED BEFORE LEDGER")]
@@ -1858,13 +1496,19 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
         "ledger",
         help="store units' events and acknowledge them (command centre)",
         description=("Run the site's event ledger: store every event once in a SQLite "
-                     "database and publish signed acks of the contiguous prefix held. "
-                     "'gaps' and 'stats' read the database."),
+                     "file or a PostgreSQL database and publish signed acks of the contiguous "
+                     "prefix held. 'gaps' and 'stats' read the database."),
     )
     p.add_argument("--broker", type=broker_address, metavar="HOST:PORT",
                    help="MQTT broker (port 1883, or 8883 with TLS, if left out)")
     p.add_argument("--site", type=site_name, help="the site whose units this ledger serves")
-    p.add_argument("--db", metavar="FILE", help="ledger database (created if missing)")
+    p.add_argument("--db", metavar="FILE|URL",
+                   help="ledger database: a SQLite file (created if missing) or a "
+                        "postgresql://user@host/dbname URL (schema created or migrated)")
+    p.add_argument("--share", metavar="GROUP", type=site_name,
+                   help="serve the site together with the other ledgers started with this "
+                        "group (MQTT shared subscription; every one on the same PostgreSQL "
+                        "database)")
     p.add_argument("--key", metavar="FILE",
                    help="private key the acks are signed with (xunfang keys new)")
     p.add_argument("--inventory", metavar="FILE",
@@ -1878,19 +1522,20 @@ def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="C", help="client certificate (PEM)")
     p.add_argument("--tls-key", metavar="K", help="client certificate's key (PEM)")
     p.add_argument("--client-id", metavar="ID",
-                   help="MQTT client id (default xunfang_ledger_{site})")
+                   help="MQTT client id (default xunfang_ledger_{site}; with --share, "
+                        "xunfang_ledger_{site}_{host}_{pid})")
     p.set_defaults(func=cmd_run)
     sub = p.add_subparsers(dest="ledger_command", metavar="{gaps,stats}")
 
     g = sub.add_parser("gaps", help="list missing sequence numbers per unit and journal",
                        description="Per unit and journal: the acked prefix, the missing runs "
                                    "above it and the runs acknowledged before this ledger.")
-    g.add_argument("--db", metavar="FILE", required=True, help="ledger database")
+    g.add_argument("--db", metavar="FILE|URL", required=True, help="ledger database")
     g.add_argument("--unit", type=site_name, help="only this unit")
     g.add_argument("--json", action="store_true", help="machine-readable output")
     g.set_defaults(func=cmd_gaps)
 
     s = sub.add_parser("stats", help="counts and counters of the ledger database (JSON)")
-    s.add_argument("--db", metavar="FILE", required=True, help="ledger database")
+    s.add_argument("--db", metavar="FILE|URL", required=True, help="ledger database")
     s.set_defaults(func=cmd_stats)
     return p

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 
 from firmware_py import topics
 from firmware_py.clock import rfc3339_ms
@@ -56,7 +57,6 @@ from firmware_py.signing import SigningKey, load_signing_key
 
 from .desired_book import BookDocument, DesiredBook, Outcome
 from .inventory import InventoryError, load_inventory, units_of_site
-from .ledger import LedgerDB, LedgerError
 from .session import (
     BrokerOptions,
     CentreSession,
@@ -66,6 +66,8 @@ from .session import (
     options_from_args,
     site_name,
 )
+from .store import LedgerError, LedgerStore, is_url
+from .store.postgres import redact
 from .terminal import clean
 
 if TYPE_CHECKING:
@@ -655,8 +657,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     except SessionError as err:
         print(f"xunfang send: {err}", file=sys.stderr)
         return 1
-    except (sqlite3.Error, LedgerError) as err:
-        print(f"xunfang send: database {args.db}: {err}", file=sys.stderr)
+    except (sqlite3.Error, LedgerError, psycopg.Error) as err:
+        shown = redact(args.db) if is_url(args.db) else args.db
+        print(f"xunfang send: database {shown}: {err}", file=sys.stderr)
         return 1
     finally:
         if guard.book is not None:
@@ -670,12 +673,18 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if report.ok() else 1
 
 
-def open_book(path: str, site: str | None) -> DesiredBook:
-    """The centre database's desired documents (the ledger's database, made or migrated
-    as the ledger does); :class:`UsageError` when it cannot be used."""
+def open_book(target: str, site: str | None) -> DesiredBook:
+    """The centre database's desired documents (the ledger's database, a SQLite file or a
+    ``postgresql://`` URL, made or migrated as the ledger does); :class:`UsageError` when
+    it cannot be used."""
     try:
-        LedgerDB(path, site=site).close()
-        return DesiredBook(sqlite3.connect(path, timeout=30.0))
+        LedgerStore(target, site=site).close()
+        if is_url(target):
+            try:
+                return DesiredBook(psycopg.connect(target, connect_timeout=10))
+            except psycopg.Error as err:
+                raise UsageError(f"{redact(target)}: {err}") from None
+        return DesiredBook(sqlite3.connect(target, timeout=30.0))
     except (LedgerError, sqlite3.Error) as err:
         raise UsageError(str(err)) from err
 

@@ -30,6 +30,8 @@ command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need_apt+=(fonts-noto-cjk)
 # The partition fault test puts the uplink in a network namespace (ip netns, veth).
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
+# The ledger's PostgreSQL backend: tests start their own server (initdb, pg_ctl).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # The time tests check the chrony snippet the install script writes with chronyd itself.
 [ -x /usr/sbin/chronyd ] || need_apt+=(chrony)
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -16,6 +16,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.support.brokers import Mosquitto, NatsServer  # noqa: E402
+from tests.support.postgres import LedgerDatabases, Postgres  # noqa: E402
 
 # --- Real brokers (tests/support/brokers.py) -------------------------------
 
@@ -79,6 +80,31 @@ def nats_mqtt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
         yield broker
     finally:
         _close_and_report(broker)
+
+
+# --- The ledger's database: SQLite and PostgreSQL ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (tests/support/postgres.py); each test that
+    needs a database takes a new one (``new_database()``), so nothing leaks between tests."""
+    # Not under pytest's temp tree: another pytest run resets that to 0700, and
+    # postgres must keep traversing to its data directory.
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        print(f"--- {server!r} log ---\n{server.log_tail(60)}")
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_dbs(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerDatabases:
+    """Runs the test once on each ledger backend (center/store)."""
+    server = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    return LedgerDatabases(request.param, tmp_path, server)
 
 
 # --- Long soak and fault runs --------------------------------------------------

@@ -1,4 +1,4 @@
-"""The centre's book of desired documents, and the ledger database migration that adds it."""
+"""The centre's book of desired documents on both backends, and the migration that adds it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from center import ledger as ledger_module
 from center.desired_book import DesiredBook, Outcome
-from center.ledger import LedgerDB
+from center.send import open_book
+from center.store import migrations
+from center.store.base import statements
 from firmware_py.clock import rfc3339_ms
+from tests.support.postgres import LedgerDatabases
 
 SITE = "zhuantang"
 
@@ -24,42 +26,38 @@ def envelope(ident: str, issued_ms: int, name: str = "level", level: int = 1
 
 
 @pytest.fixture
-def book(tmp_path: Path) -> Iterator[DesiredBook]:
-    path = tmp_path / "centre.db"
-    LedgerDB(path, site=SITE).close()
-    b = DesiredBook(sqlite3.connect(path))
+def book(ledger_dbs: LedgerDatabases) -> Iterator[DesiredBook]:
+    """The book on a fresh centre database, SQLite and PostgreSQL (``send --db``'s way in)."""
+    b = open_book(ledger_dbs.target("centre"), SITE)
     yield b
     b.close()
 
 
-def test_a_first_schema_database_is_migrated_at_start_and_keeps_its_rows(
+def test_a_first_release_ledger_file_gets_the_book_at_start_and_keeps_its_rows(
         tmp_path: Path) -> None:
+    # The first release wrote the schema of migration 1 and PRAGMA user_version 1.
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
-    for statement in ledger_module._SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
+    for statement in statements(migrations("sqlite")[0].sql):
+        db.execute(statement)
     db.execute("INSERT INTO meta VALUES ('site', ?)", (SITE,))
     db.execute("INSERT INTO units VALUES ('zt-pp-03', NULL, NULL, '{\"online\": true}', 1)")
     db.execute("PRAGMA user_version=1")
     db.commit()
     db.close()
-    # Read-only tools (gaps, stats) still read a database not yet migrated.
-    LedgerDB(path, readonly=True).close()
-    LedgerDB(path, site=SITE).close()
+    book = open_book(str(path), SITE)
+    try:
+        assert book.unit_statuses() == {"zt-pp-03": {"online": True}}
+        assert book.documents(SITE) == []
+    finally:
+        book.close()
     db = sqlite3.connect(path)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == ledger_module.SCHEMA_VERSION
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"desired_documents", "desired_outcomes", "events", "units"} <= tables
     finally:
         db.close()
-    book = DesiredBook(sqlite3.connect(path))
-    try:
-        assert book.unit_statuses() == {"zt-pp-03": {"online": True}}
-    finally:
-        book.close()
-    LedgerDB(path, site=SITE).close()      # opening again changes nothing
+    open_book(str(path), SITE).close()      # opening again changes nothing
 
 
 def test_in_force_is_the_newest_not_rejected_and_a_restored_one_counts_from_its_return(

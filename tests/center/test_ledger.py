@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from firmware_py.journal import Event
 from firmware_py.signing import SigningKey, save_signing_key, verify_envelope
 from tests.support.brokers import Mosquitto, render_acl
 from tests.support.pki import Credentials
+from tests.support.postgres import LedgerDatabases, Postgres
 from tests.support.schemas import validate
 
 pytestmark = pytest.mark.timeout(60)
@@ -245,14 +245,18 @@ def key() -> SigningKey:
 
 
 @pytest.fixture
-def ledgers(tmp_path: Path, key: SigningKey) -> Iterator[Callable[..., Ledger]]:
-    """``make(broker, db=..., **options)``: a started, connected Ledger; all stopped at teardown."""
+def ledgers(ledger_dbs: LedgerDatabases, key: SigningKey) -> Iterator[Callable[..., Ledger]]:
+    """``make(broker, db=..., **options)``: a started, connected Ledger; all stopped at teardown.
+
+    ``db`` names the database (``ledger`` unless given): a SQLite file or a PostgreSQL
+    database, as ``ledger_dbs`` runs the test on each backend.
+    """
     made: list[Ledger] = []
 
-    def make(broker: Mosquitto, db: Path | None = None, site: str = SITE,
+    def make(broker: Mosquitto, db: str = "ledger", site: str = SITE,
              **options: Any) -> Ledger:
         options.setdefault("settle_s", 0.2)
-        ledger = Ledger(db or tmp_path / "ledger.db", site, key, broker.host, broker.port,
+        ledger = Ledger(ledger_dbs.target(db), site, key, broker.host, broker.port,
                         **options)
         made.append(ledger)
         ledger.start()
@@ -367,6 +371,7 @@ def test_out_of_order_arrival_still_acks_only_the_contiguous_prefix(
 
 
 def test_a_gap_holds_the_ack_and_is_reported_until_the_event_arrives(
+        ledger_dbs: LedgerDatabases,
         mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
         key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
@@ -390,7 +395,7 @@ def test_a_gap_holds_the_ack_and_is_reported_until_the_event_arrives(
     assert any("gap, seq 3" in m for m in gap_lines), gap_lines
     assert any("6-7 missing (holding the ack at 2)" in m for m in gap_lines), gap_lines
 
-    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(tmp_path / "ledger.db"))
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", ledger_dbs.target())
     assert code == 0
     header, row, summary = out.strip().splitlines()
     assert header.split()[:6] == ["UNIT", "JOURNAL", "ACTIVE", "ACKED", "HIGHEST", "HELD"]
@@ -408,7 +413,7 @@ def test_a_gap_holds_the_ack_and_is_reported_until_the_event_arrives(
     assert ledger.gaps()[0].missing == []
     assert any("gap closed, every event up to 8 held" in r.getMessage()
                for r in caplog.records)
-    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(tmp_path / "ledger.db"),
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", ledger_dbs.target(),
                          "--json")
     [doc] = json.loads(out)
     assert doc["missing"] == [] and doc["prefix"] == 8 and doc["held"] == 8
@@ -710,6 +715,7 @@ def test_a_restarted_ledger_keeps_its_database_and_publishes_its_ack_again(
 
 
 def test_the_base_comes_from_the_units_status_acked_seq(
+        ledger_dbs: LedgerDatabases,
         mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
         key: SigningKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     unit = _unit(mosquitto, clients)
@@ -725,7 +731,7 @@ def test_the_base_comes_from_the_units_status_acked_seq(
     assert gaps.missing == []
     assert gaps.acked_before == [(1, 1041)]
     assert gaps.info.base == 1041 and gaps.info.held == 3
-    code, out = _run_cli(capsys, "ledger", "gaps", "--db", str(tmp_path / "ledger.db"))
+    code, out = _run_cli(capsys, "ledger", "gaps", "--db", ledger_dbs.target())
     assert code == 0
     row = out.strip().splitlines()[1]
     assert row.split()[:6] == [UNIT, J1, "yes", "1044", "1044", "3"]
@@ -780,6 +786,7 @@ def test_acks_follow_the_units_active_journal(
 
 
 def test_a_ledger_that_lost_its_database_never_acks_below_its_retained_ack(
+        ledger_dbs: LedgerDatabases,
         mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
         key: SigningKey, tmp_path: Path) -> None:
     first = ledgers(mosquitto)
@@ -789,12 +796,13 @@ def test_a_ledger_that_lost_its_database_never_acks_below_its_retained_ack(
         unit.event(envelope(seq))
     watcher.wait_ack(5)
     first.stop()
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{tmp_path / 'ledger.db'}{suffix}").unlink(missing_ok=True)
+    if ledger_dbs.backend == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{ledger_dbs.target()}{suffix}").unlink(missing_ok=True)
     seen_before = len(watcher.of())
 
     # A fresh database; the only evidence of 1..5 is the ledger's own retained ack.
-    second = ledgers(mosquitto, db=tmp_path / "new.db")
+    second = ledgers(mosquitto, db="new")
     unit.event(envelope(6))
     watcher.wait_ack(6)
     assert min(a.seq for a in watcher.of()[seen_before:]) >= 5
@@ -855,11 +863,12 @@ def test_the_ledger_logs_in_with_a_username_and_password(
 
 
 def test_a_ledger_with_a_wrong_password_keeps_retrying_and_never_stops(
+        ledger_dbs: LedgerDatabases,
         mosquitto_factory: Callable[..., Mosquitto], key: SigningKey, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="xunfang.ledger")
     broker = mosquitto_factory(passwords={"ledger": "s3cret"})
-    ledger = Ledger(tmp_path / "l.db", SITE, key, broker.host, broker.port,
+    ledger = Ledger(ledger_dbs.target("l"), SITE, key, broker.host, broker.port,
                     username="ledger", password="wrong")
     ledger.start()
     try:
@@ -874,6 +883,7 @@ def test_a_ledger_with_a_wrong_password_keeps_retrying_and_never_stops(
 
 
 def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
+        ledger_dbs: LedgerDatabases,
         mosquitto_factory: Callable[..., Mosquitto], clients: list[_Client], key: SigningKey,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # As in production: TLS with client certificates (CN = username) and the
@@ -883,7 +893,7 @@ def test_the_cli_runs_the_ledger_then_gaps_and_stats_read_its_database(
     assert broker.pki is not None
     key_file = tmp_path / "ledger.key"
     save_signing_key(key, key_file)
-    db = tmp_path / "cli.db"
+    db = ledger_dbs.target("cli")
     watcher = _watcher(broker, clients, key, auth=Auth(tls=broker.pki.client("centre")))
     unit = _unit(broker, clients, auth=Auth(tls=broker.pki.client(UNIT)))
     unit.status(birth(J1, acked_seq=0))
@@ -1003,11 +1013,12 @@ def test_parse_event_checks_identity_against_the_topic(payload: bytes,
 
 
 def test_a_failed_commit_is_retried_and_pubacked_only_once_it_succeeds(
+        ledger_dbs: LedgerDatabases,
         tmp_path: Path, key: SigningKey, monkeypatch: pytest.MonkeyPatch) -> None:
     # White-box: the writer's batch step with a stand-in paho client, and the
     # disk failing twice. The PUBACK (client.ack) must wait for the commit.
 
-    ledger = Ledger(tmp_path / "l.db", SITE, key)
+    ledger = Ledger(ledger_dbs.target("l"), SITE, key)
     ledger._db = ledger_module.LedgerDB(ledger.db_path, site=SITE)
     ledger._reader = ledger_module.LedgerDB(ledger.db_path, readonly=True)
     ledger._load_state()
@@ -1019,7 +1030,7 @@ def test_a_failed_commit_is_retried_and_pubacked_only_once_it_succeeds(
 
     ledger._client = Client()  # type: ignore[assignment]
     real_apply = ledger._apply
-    failures = [sqlite3.OperationalError("disk I/O error")] * 2
+    failures = [ledger._db.errors[0]("disk I/O error")] * 2
 
     def flaky_apply(batch: list[Any]) -> set[str]:
         assert not pubacks, "PUBACK sent before the batch was stored"
@@ -1037,3 +1048,111 @@ def test_a_failed_commit_is_retried_and_pubacked_only_once_it_succeeds(
     assert ledger.count() == 1
     ledger._db.close()
     ledger._reader.close()
+
+
+def test_health_and_command_results_are_stored_beside_the_events(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client]) -> None:
+    ledger = ledgers(mosquitto)
+    unit = _unit(mosquitto, clients)
+    unit.status(birth(J1, acked_seq=0))
+    health = {"unit": UNIT, "site": SITE, "uptime_s": 12}
+    unit.publish(topics.health(SITE, UNIT), json.dumps(health), retain=True)
+    answer = {"command": "c-7f3a", "name": "level", "result": "rejected",
+              "reason": "bad_signature", "scope": "site", "detail": "unknown key"}
+    command = Event(seq=1, kind="command", unit=UNIT, site=SITE, journal=J1,
+                    ts_ms=1_795_000_000_000, boot_id="00000000-0000-4000-8000-000000000001",
+                    mono=101.0, clock_synced=True, data=answer).envelope()
+    unit.event(command)
+    unit.event(envelope(2))
+    _wait(ledger, lambda: ledger.prefix(UNIT, J1) == 2 and ledger.db.health(UNIT) is not None,
+          "both events and the health report stored")
+    assert ledger.db.health(UNIT) == health
+    assert ledger.db.status(UNIT) == birth(J1, acked_seq=0)
+    assert ledger.db.command_results(command="c-7f3a") == [{
+        "event": f"{UNIT}:{J1}:1", "unit": UNIT, "command": "c-7f3a", "name": "level",
+        "result": "rejected", "reason": "bad_signature", "ts": command["ts"]}]
+    # A copy sent again is one result still.
+    unit.event({**command, "resent": True})
+    _wait(ledger, lambda: ledger.counters()["duplicates"] == 1, "the copy counted")
+    assert len(ledger.db.command_results()) == 1
+
+
+# -- two ledgers for one site (--share) ----------------------------------------------------------
+
+
+def test_two_ledgers_in_a_share_group_split_the_events_and_ack_the_whole_prefix(
+        mosquitto_factory: Callable[..., Mosquitto], ledgers: Callable[..., Ledger],
+        clients: list[_Client], key: SigningKey) -> None:
+    # The shipped ACL, with logins: the ledger user's rules must cover $share/… too.
+    broker = mosquitto_factory(acl_text=render_acl({UNIT: SITE}),
+                               passwords={"ledger": "l", UNIT: "u", "centre": "c"})
+    first = ledgers(broker, share="site", client_id="ledger-1", username="ledger", password="l")
+    second = ledgers(broker, share="site", client_id="ledger-2", username="ledger",
+                     password="l")
+    watcher = _watcher(broker, clients, key, auth=Auth(username="centre", password="c"))
+    unit = _unit(broker, clients, auth=Auth(username=UNIT, password="u"))
+    unit.events([envelope(seq) for seq in range(1, 201)])
+    watcher.wait_ack(200)
+    assert first.count() == 200 and first.counters()["stored"] == 200
+    assert first.gaps()[0].missing == []
+    # Each took a share of the events (counters are per process on PostgreSQL,
+    # summed; so the split shows in who published acks).
+    assert first.last_ack(UNIT) is not None and second.last_ack(UNIT) is not None
+    assert "Denied" not in broker.log_text(), broker.log_tail()
+
+
+def test_a_lower_ack_that_raced_ours_is_answered_with_ours_again(
+        mosquitto: Mosquitto, ledgers: Callable[..., Ledger], clients: list[_Client],
+        key: SigningKey) -> None:
+    ledger = ledgers(mosquitto, share="site", client_id="ledger-1")
+    watcher = _watcher(mosquitto, clients, key)
+    unit = _unit(mosquitto, clients)
+    for seq in range(1, 6):
+        unit.event(envelope(seq))
+    watcher.wait_ack(5)
+    # Another ledger of the group publishes an older prefix last: now the retained one.
+    peer = _Client(mosquitto, "ledger-2")
+    clients.append(peer)
+    lower = key.sign_envelope("ack", {"journal": J1, "seq": 3}, site=SITE, units=[UNIT],
+                              ttl_s=3600)
+    seen = len(watcher.of())
+    peer.publish(topics.ack(SITE, UNIT), json.dumps(lower), retain=True)
+    watcher.wait(lambda: any(a.seq == 5 for a in watcher.acks[seen + 1:]),
+                 "the ledger to state ack 5 again")
+    late = _watcher(mosquitto, clients, key, "late")
+    assert late.wait_ack(5).retained
+    assert ledger.prefix(UNIT, J1) == 5
+
+
+@pytest.mark.timeout(180)  # a PostgreSQL server of its own, started twice
+def test_a_postgresql_crash_under_the_ledger_holds_the_acks_and_loses_nothing(
+        mosquitto: Mosquitto, clients: list[_Client], key: SigningKey,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="xunfang.ledger")
+    with Postgres() as server:
+        ledger = Ledger(server.new_database(), SITE, key, mosquitto.host, mosquitto.port,
+                        settle_s=0.2)
+        ledger.start()
+        try:
+            assert ledger.wait_connected(WAIT_S)
+            watcher = _watcher(mosquitto, clients, key)
+            unit = _unit(mosquitto, clients)
+            for seq in range(1, 4):
+                unit.event(envelope(seq))
+            watcher.wait_ack(3)
+            server.kill()  # as a crash: no checkpoint, connections cut
+            unit.event(envelope(4))
+            unit.event(envelope(5))
+            _wait(ledger, lambda: any("cannot store" in r.getMessage() for r in caplog.records),
+                  "the ledger to find the database gone")
+            assert max(a.seq for a in watcher.of()) == 3  # nothing acked that is not stored
+            server.start()
+            # The ledger retries with a backoff of up to 5 s; recovery takes its time.
+            assert ledger.wait_for(lambda: ledger.prefix(UNIT, J1) == 5, 60), \
+                server.log_tail()
+            watcher.wait_ack(5)
+            assert ledger.count() == 5 and ledger.counters()["stored"] == 5
+            assert ledger.counters()["db_errors"] >= 1
+            assert ledger.gaps()[0].missing == []
+        finally:
+            ledger.stop()

@@ -10,7 +10,6 @@ unit that joins later comes up in the state the centre believes in.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,14 +18,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from center.desired_book import DesiredBook
-from center.send import Guard, Message, check
+from center.send import Guard, Message, check, open_book
 from center.session import BrokerOptions, CentreSession
 from firmware_py import desired, topics
 from firmware_py.cli import main
 from firmware_py.clock import SystemClock
 from firmware_py.signing import SigningKey, save_signing_key
 from tests.support.brokers import Mosquitto
+from tests.support.postgres import LedgerDatabases
 from tests.support.uplink import SITE, UnitRig, wait_until
 
 UNITS = ("zt-pp-03", "zt-pp-04")
@@ -272,9 +271,9 @@ def test_a_document_whose_signature_expired_is_not_put_back_and_send_says_why(
 
 def test_with_db_every_document_and_answer_is_recorded_and_the_good_one_comes_from_it(
         mosquitto: Mosquitto, units: Callable[..., UnitRig], keys: dict[str, Path],
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        ledger_dbs: LedgerDatabases, capsys: pytest.CaptureFixture[str]) -> None:
     rigs = [units(mosquitto.port, u) for u in UNITS]
-    db = tmp_path / "centre.db"
+    db = ledger_dbs.target("centre")
     code, out, err = run_send(capsys, mosquitto, keys["good"], "level", "1", "--db", str(db))
     assert code == 0, out + err
     good_id = sent_id(out)
@@ -291,7 +290,7 @@ def test_with_db_every_document_and_answer_is_recorded_and_the_good_one_comes_fr
     assert f"put back {good_id} on {LEVEL_ALL}" in out
     assert retained(mosquitto, LEVEL_ALL) == good
 
-    book = DesiredBook(sqlite3.connect(db))
+    book = open_book(db, SITE)
     try:
         docs = {d.id: d for d in book.documents(SITE)}
         assert set(docs) == {good_id, bad_id}
