@@ -10,12 +10,16 @@ modules (a function of a shared module may reach further on the station).
 from __future__ import annotations
 
 import ast
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("firmware_py", "drivers", "camera", "center")
+#: Our packages: the ones the distribution installs (a new one is checked too).
+PACKAGES = tuple(name.rstrip("*") for name in tomllib.loads(
+    (ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"][
+    "find"]["include"])
 
 
 @dataclass(frozen=True)
@@ -105,9 +109,10 @@ def _package(module: str) -> str:
 
 
 def test_the_analysis_sees_every_package_and_its_imports() -> None:
+    assert {"firmware_py", "drivers", "camera", "center"} <= set(PACKAGES)
     assert {_package(m) for m in MODULES} == set(PACKAGES)
-    assert Import("firmware_py.runtime", False, 0).target in \
-        {i.target for i in IMPORTS["firmware_py.uplink"]}
+    assert "firmware_py.runtime" in {i.target for i in IMPORTS["firmware_py.uplink"]
+                                     if not i.lazy}
     assert "camera.daemon" in {i.target for i in IMPORTS["firmware_py.components"] if i.lazy}
 
 
@@ -143,7 +148,7 @@ def test_the_uplinks_modules_import_nothing_from_drivers_or_camera() -> None:
     wrong = [f"{m} (from {via})" for m, via in seen.items()
              if _package(m) in ("drivers", "camera")]
     assert wrong == []
-    assert {_package(m) for m in seen} == {"firmware_py"}
+    assert "firmware_py.journal" in seen and "firmware_py.commands" in seen
 
 
 def _cycles() -> list[list[str]]:
