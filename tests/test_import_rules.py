@@ -151,6 +151,22 @@ def test_the_uplinks_modules_import_nothing_from_drivers_or_camera() -> None:
     assert "firmware_py.journal" in seen and "firmware_py.commands" in seen
 
 
+def test_the_centre_reaches_no_daemon() -> None:
+    """The centre's tools share the wire code, never a component (all of which
+    derive from the runtime's), not even through an import inside a function."""
+    reached = {m for m in MODULES if _package(m) == "center"}
+    todo = list(reached)
+    while todo:
+        for i in IMPORTS[todo.pop()]:
+            if i.target not in reached:
+                reached.add(i.target)
+                todo.append(i.target)
+    daemons = [m for m in reached
+               if m in ("firmware_py.runtime", "firmware_py.components") or
+               _package(m) == "camera"]
+    assert daemons == []
+
+
 def _cycles() -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}
