@@ -36,22 +36,21 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
-
-from firmware_py.clock import Clock, SystemClock
 
 from .exc import CaptureStuck, SourceUnavailable
 
 log = logging.getLogger("xunfang.camera.capture")
 
-__all__ = ["Capture", "Frame", "SourceSpec", "StateChange", "open_source", "parse_source",
-           "read_file_frames", "redact"]
+__all__ = ["Capture", "Frame", "FrameClock", "HostClock", "SourceSpec", "StateChange",
+           "open_source", "parse_source", "read_file_frames", "redact"]
 
 SourceKind = Literal["device", "v4l2", "network", "file"]
 _URL_RE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|tcp|udp)://", re.IGNORECASE)
@@ -182,11 +181,32 @@ class _Rate:
 Opener = Callable[[SourceSpec], Any]
 
 
+class FrameClock(Protocol):
+    """What a capture asks of time (the unit's clock is one)."""
+
+    def monotonic(self) -> float:
+        """Seconds since boot."""
+
+    def wall_ms(self) -> int:
+        """UTC wall-clock time in milliseconds since the epoch."""
+
+
+class HostClock:
+    """The host's clocks: CLOCK_BOOTTIME (counts through suspend) and the wall clock."""
+
+    def monotonic(self) -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
 class Capture:
     """Reads one source on a thread; see the module doc.
 
     ``clock`` stamps the frames (its ``monotonic`` is the boot-relative time
-    the journal's events carry, so a frame can be matched to a check-in).
+    the journal's events carry, so a frame can be matched to a check-in; the
+    worker passes the unit's clock, None is :class:`HostClock`).
     ``opener`` is the seam for tests that need a source to misbehave.
     """
 
@@ -196,7 +216,7 @@ class Capture:
     stuck_slack_s = 1.0
 
     def __init__(self, source: str | SourceSpec, *, name: str = "camera", fps_cap: float = 10.0,
-                 stall_s: float = 5.0, clock: Clock | None = None,
+                 stall_s: float = 5.0, clock: FrameClock | None = None,
                  backoff_min_s: float = 0.5, backoff_max_s: float = 30.0,
                  open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
                  size: tuple[int, int] | None = None, opener: Opener | None = None) -> None:
@@ -204,7 +224,7 @@ class Capture:
         self.name = name
         self.fps_cap = fps_cap
         self.stall_s = stall_s
-        self.clock: Clock = clock or SystemClock()
+        self.clock: FrameClock = clock or HostClock()
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.open_timeout_s = open_timeout_s

@@ -1,4 +1,4 @@
-"""The camera's errors: one family under the unit's root error (``firmware_py.exc``).
+"""The camera's errors: one family with its own root, :class:`CameraError`.
 
 Leaves also inherit a builtin, so callers may catch either (the gpiozero habit).
 Messages name the camera or the source they are about.
@@ -6,12 +6,10 @@ Messages name the camera or the source they are about.
 
 from __future__ import annotations
 
-from firmware_py.exc import XunfangError
-
 __all__ = ["CameraError", "CaptureStuck", "FootageError", "SourceUnavailable"]
 
 
-class CameraError(XunfangError):
+class CameraError(Exception):
     """Something about a camera, its stream or its footage."""
 
 

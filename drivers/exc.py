@@ -1,9 +1,9 @@
-"""Errors of the hardware drivers, under the unit's root error.
+"""Errors of the hardware drivers: one root, :class:`DriverError`.
 
-The family hangs off :class:`firmware_py.exc.XunfangError`, so a caller that
-catches the root catches these too; leaves also inherit a builtin
-(``ValueError``, ``TimeoutError``, ``ConnectionError``) so callers may catch
-either. Messages name the reader and the port they are about.
+The drivers stand alone (they import nothing of the unit), so the family has
+its own root; leaves also inherit a builtin (``ValueError``,
+``TimeoutError``, ``ConnectionError``) so callers may catch either. Messages
+name the reader, light or pin they are about.
 
 Card reads and reader faults never reach a caller as exceptions: a reader
 thread reports them through its callbacks and counters. Only caller mistakes
@@ -12,10 +12,12 @@ thread reports them through its callbacks and counters. Only caller mistakes
 
 from __future__ import annotations
 
-from firmware_py.exc import XunfangError
+
+class DriverError(Exception):
+    """Root of every error a driver raises on purpose."""
 
 
-class ReaderError(XunfangError):
+class ReaderError(DriverError):
     """A card reader, its port or its configuration."""
 
 

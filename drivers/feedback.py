@@ -43,14 +43,11 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpiozero import LED, Buzzer, DigitalOutputDevice
 
-from firmware_py.exc import XunfangError
-
-if TYPE_CHECKING:
-    from firmware_py.config import FeedbackSection
+from drivers.exc import DriverError
 
 log = logging.getLogger("xunfang.feedback")
 
@@ -92,7 +89,7 @@ def pattern_length(name: str) -> float:
     return sum(d for d, _ in PATTERNS[name])
 
 
-class FeedbackError(XunfangError):
+class FeedbackError(DriverError):
     """The feedback outputs could not do what was asked."""
 
 
@@ -142,10 +139,6 @@ class Feedback:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="feedback", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def from_config(cls, section: FeedbackSection, pin_factory: Any = None) -> Feedback:
-        return cls(section.ok_led, section.error_led, section.buzzer, pin_factory=pin_factory)
 
     # -- what callers use --
 

@@ -43,7 +43,7 @@ from typing import Any
 from gpiozero import Button
 from gpiozero.threads import GPIOThread
 
-from firmware_py.exc import XunfangError
+from drivers.exc import DriverError
 
 log = logging.getLogger("xunfang.inputs")
 
@@ -52,7 +52,7 @@ __all__ = ["AlarmInput", "InputClosed", "InputError", "PanicButton", "TamperSwit
 Callback = Callable[[], None]
 
 
-class InputError(XunfangError):
+class InputError(DriverError):
     """An alarm input could not do what was asked."""
 
 

@@ -38,7 +38,7 @@ from typing import Any
 from gpiozero import DigitalOutputDevice
 from gpiozero.threads import GPIOThread
 
-from firmware_py.exc import XunfangError
+from drivers.exc import DriverError
 
 log = logging.getLogger("xunfang.lights")
 
@@ -97,7 +97,7 @@ def modes_for(pin_count: int) -> tuple[str, ...]:
 # -- errors ---------------------------------------------------------------------------------
 
 
-class LightError(XunfangError):
+class LightError(DriverError):
     """A warning light could not do what was asked."""
 
 

@@ -50,8 +50,8 @@ from drivers.inputs import AlarmInput, PanicButton, TamperSwitch
 from .clock import rfc3339_ms
 from .exc import JournalError
 from .journal import Journal
+from .parts import StationPart
 from .runtime import UnitContext
-from .station import StationPart
 
 log = logging.getLogger("xunfang.alarms")
 

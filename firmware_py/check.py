@@ -25,10 +25,10 @@ import sys
 
 
 def cmd_check_lights(args: argparse.Namespace) -> int:
-    from .cli import _load_or_exit
+    from .commandline import load_config_or_exit
     from .lights_control import run_lights_check
 
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     if args.seconds <= 0 or args.seconds > 600:
         print(f"--seconds must be more than 0 and at most 600, got {args.seconds:g}",
               file=sys.stderr)
@@ -42,14 +42,14 @@ def cmd_check_lights(args: argparse.Namespace) -> int:
 def cmd_check_all(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .cli import _load_or_exit
+    from .commandline import load_config_or_exit
     from .i18n import choose_language, translator
     from .selftest import SelfTest
 
     if not args.config:
         print("xunfang check: -c/--config FILE is required", file=sys.stderr)
         return 2
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     unknown = sorted(set(args.skip or []) - set(SelfTest.PARTS))
     if unknown:
         print(f"--skip {', '.join(unknown)}: choose from {', '.join(SelfTest.PARTS)}",

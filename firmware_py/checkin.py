@@ -52,14 +52,16 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from drivers.feedback import Feedback, FeedbackError
-from drivers.readers import CardRead, ReaderThread, open_reader
+from drivers.readers import CardRead, ReaderThread
 from drivers.readers.sim import parse_sim_port
 
 from .clock import rfc3339_ms
 from .config import ReaderConfig, UnitConfig
 from .desired import current_cards, current_level, journal_time_view
+from .devices import feedback_from_config, reader_from_config
 from .exc import JournalError
 from .journal import Event, Journal
+from .parts import StationPart
 from .patrol import (
     SIG_FAULT,
     CardCheck,
@@ -73,7 +75,6 @@ from .patrol import (
     check_card,
 )
 from .runtime import UnitContext
-from .station import StationPart
 from .statusfile import STATUS_NAME, read_status, write_status
 
 log = logging.getLogger("xunfang.checkin")
@@ -187,7 +188,7 @@ class CheckinPart(StationPart):
                 self._load_logic(empty=True)
                 self._journal_failed(err)
             try:
-                self.feedback = Feedback.from_config(cfg.feedback, pin_factory=self.pin_factory)
+                self.feedback = feedback_from_config(cfg.feedback, pin_factory=self.pin_factory)
                 self.feedback_error = None
             except FeedbackError as err:
                 self.feedback_error = str(err)
@@ -206,9 +207,9 @@ class CheckinPart(StationPart):
             self._opened = True
         for rc in cfg.readers:
             try:
-                reader = open_reader(sim_reader_config(cfg, rc), on_card=self._on_card,
-                                     on_state=self._on_state, pin_factory=self.pin_factory,
-                                     start=False, **self.reader_options)
+                reader = reader_from_config(sim_reader_config(cfg, rc), on_card=self._on_card,
+                                            on_state=self._on_state, pin_factory=self.pin_factory,
+                                            start=False, **self.reader_options)
             except Exception as err:
                 text = f"cannot start reader {rc.name} ({rc.driver} on {rc.port}): {err}"
                 log.error("%s", text)

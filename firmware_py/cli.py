@@ -18,58 +18,44 @@ is already running: ``xunfang run`` of a component that runs).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from types import ModuleType
 
-from . import __version__
-from .config import UnitConfig, load_config
-from .exc import ConfigError, ConfigInvalid, JournalError, RuntimeFault
+from center import ca, desired_show, keys, ledger, plan, register, report, send, watch
+
+from . import __version__, check, enrol, sim, unitstatus
+from .commandline import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    MAX_PROBLEM_LINES,
+    format_event,
+    load_config_or_exit,
+)
+from .components import COMPONENT_NAMES, unit_runtime
+from .config import UnitConfig
+from .exc import JournalError, RuntimeFault
 from .journal import Event, Journal
-from .runtime import COMPONENT_NAMES, Runtime, setup_logging
+from .runtime import setup_logging
 from .unitlock import AlreadyRunning, UnitLock
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_OK", "MAX_PROBLEM_LINES", "SUBCOMMANDS",
+           "build_parser", "format_event", "main"]
 
 log = logging.getLogger("xunfang.cli")
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-#: Problems printed at most; a file with more says how many it left out.
-MAX_PROBLEM_LINES = 50
-
-# Modules that add their own subcommands with ``add_parser(subparsers)``.
-SUBCOMMAND_MODULES = ["center.keys", "center.ledger", "center.register", "center.send",
-                      "center.watch", "firmware_py.check", "firmware_py.sim",
-                      "firmware_py.unitstatus"]
-# The centre's patrol plan and compliance report.
-SUBCOMMAND_MODULES += ["center.plan", "center.report"]
-SUBCOMMAND_MODULES += ["center.ca", "firmware_py.enrol"]
-SUBCOMMAND_MODULES += ["center.desired_show"]
-
-
-def _load_or_exit(path: str, *, check_files: bool = False) -> UnitConfig:
-    """Load the config; print every problem and exit 2 when it is bad.
-
-    One problem is one line (``FILE: key.path: what is wrong``), for the
-    journal; more are listed under a heading, one a line.
-    """
-    try:
-        return load_config(path, check_files=check_files)
-    except ConfigInvalid as err:
-        if len(err.problems) == 1:
-            print(f"{err.path}: {err.problems[0]}", file=sys.stderr)
-            raise SystemExit(EXIT_CONFIG) from None
-        print(f"{err.path}: configuration has {len(err.problems)} problem(s):", file=sys.stderr)
-        for line in err.problems[:MAX_PROBLEM_LINES]:
-            print(f"  {line}", file=sys.stderr)
-        if len(err.problems) > MAX_PROBLEM_LINES:
-            print(f"  … and {len(err.problems) - MAX_PROBLEM_LINES} more", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-    except ConfigError as err:
-        print(str(err), file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+#: The subcommands each feature adds with its ``add_parser(subparsers)``, in the
+#: order ``xunfang --help`` lists them: the one place the CLI learns of them.
+SUBCOMMANDS: tuple[tuple[str, ModuleType], ...] = (
+    ("keys", keys), ("ledger", ledger), ("cards", register), ("send", send),
+    ("watch", watch), ("check", check), ("sim", sim), ("status", unitstatus),
+    ("plan", plan), ("report", report), ("ca", ca), ("enrol", enrol),
+    ("desired", desired_show),
+)
 
 
 # -- config ---------------------------------------------------------------------------------
@@ -84,7 +70,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     # The installer's check (no component) also wants the credential files in place.
     # A daemon's check before it starts does not: the station and camera never use
     # them, and the uplink reports them on every attempt and takes them when they appear.
-    cfg = _load_or_exit(args.config, check_files=not args.components)
+    cfg = load_config_or_exit(args.config, check_files=not args.components)
     u = cfg.unit
     print(f"{args.config}: ok: unit {u.id} ({u.kind}) of site {u.site}; "
           f"{len(cfg.readers)} reader(s), {len(cfg.lights)} light(s), "
@@ -97,7 +83,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     names = list(dict.fromkeys(args.components)) or list(COMPONENT_NAMES)
     unknown = [n for n in names if n not in COMPONENT_NAMES]
     if unknown:
@@ -105,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{', '.join(COMPONENT_NAMES)}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        runtime = Runtime(cfg, names)
+        runtime = unit_runtime(cfg, names)
     except RuntimeFault as err:
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
@@ -141,20 +127,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- journal ------------------------------------------------------------------------------------
 
 
-def format_event(event: Event, acked: bool | None = None) -> str:
-    """One readable line: ``#12 2026-…Z checkin card=14008EC793 decision=accepted``."""
-    fields = " ".join(f"{k}={_short(v)}" for k, v in event.data.items())
-    mark = "" if acked is None else (" ✓" if acked else "  ")
-    sync = "" if event.clock_synced else " (clock unsynced)"
-    return f"#{event.seq:<6}{mark} {event.ts}{sync} {event.kind:<10} {fields}".rstrip()
-
-
-def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
-                                                           separators=(",", ":"))
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _open_journal(cfg: UnitConfig, wait_s: float) -> Journal:
     path = cfg.journal_path
     deadline = time.monotonic() + wait_s
@@ -166,7 +138,7 @@ def _open_journal(cfg: UnitConfig, wait_s: float) -> Journal:
 
 
 def cmd_journal_tail(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     try:
         journal = _open_journal(cfg, wait_s=30 if args.follow else 0)
     except JournalError as err:
@@ -194,7 +166,7 @@ def cmd_journal_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_journal_stats(args: argparse.Namespace) -> int:
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     try:
         journal = _open_journal(cfg, wait_s=0)
     except JournalError as err:
@@ -260,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.set_defaults(func=cmd_journal_stats)
 
-    for module_name in SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).add_parser(sub)
+    for _name, module in SUBCOMMANDS:
+        module.add_parser(sub)
     return parser
 
 

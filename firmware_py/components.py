@@ -1,16 +1,21 @@
-"""The table of components a unit runs, by the name ``xunfang run`` takes.
+"""The unit's start-up table: the components ``xunfang run`` knows, by name.
 
-Each feature plugs its loop in here; the runtime knows nothing else about
-them. Imports are lazy so that ``xunfang run uplink`` never imports camera or
-GPIO code (and the other way round): each daemon loads only what it owns.
+This is the one place that names them; the runtime is given the table and
+knows nothing else about them. Each factory imports its component's module
+when called, so ``xunfang run uplink`` never loads camera or GPIO code (and
+the other way round): each daemon loads only what it owns (invariant 4).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
-if TYPE_CHECKING:
-    from .runtime import Component, UnitContext
+from .config import UnitConfig
+from .runtime import Component, ComponentFactory, Runtime, UnitContext
+
+__all__ = ["COMPONENT_NAMES", "FACTORIES", "unit_runtime"]
 
 
 def _station(ctx: UnitContext) -> Component:
@@ -31,4 +36,14 @@ def _uplink(ctx: UnitContext) -> Component:
     return UplinkComponent(ctx)
 
 
-FACTORIES = {"station": _station, "camera": _camera, "uplink": _uplink}
+#: Name → factory of every component, in the order ``xunfang run`` starts them.
+FACTORIES: Mapping[str, ComponentFactory] = MappingProxyType(
+    {"station": _station, "camera": _camera, "uplink": _uplink})
+COMPONENT_NAMES: tuple[str, ...] = tuple(FACTORIES)
+
+
+def unit_runtime(config: UnitConfig, components: list[str] | None = None,
+                 **options: Any) -> Runtime:
+    """A :class:`~firmware_py.runtime.Runtime` of this unit's components (all, or the
+    ones named); ``options`` go to it (``clock``, ``notifier``, ``stall_s``)."""
+    return Runtime(config, components, factories=FACTORIES, **options)

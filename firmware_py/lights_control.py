@@ -80,9 +80,9 @@ from .config import LightConfig, UnitConfig, parse_window
 from .desired import InboxReader, current_level, current_lights_override
 from .exc import JournalError
 from .journal import InboxEntry, Journal
+from .parts import StationPart
 from .patrol import DUTY_KEY
 from .runtime import UnitContext
-from .station import StationPart
 
 log = logging.getLogger("xunfang.lights")
 

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from . import __version__
@@ -34,8 +34,6 @@ from .exc import JournalError, RuntimeFault
 from .journal import Journal
 
 log = logging.getLogger("xunfang.runtime")
-
-COMPONENT_NAMES = ("station", "camera", "uplink")
 
 
 # -- systemd notification -------------------------------------------------------------
@@ -213,14 +211,8 @@ class Component:
         return f"<{type(self).__name__} {self.name} {state}>"
 
 
+#: Builds a component; the unit's own are in :data:`firmware_py.components.FACTORIES`.
 ComponentFactory = Callable[[UnitContext], Component]
-
-
-def component_factories() -> dict[str, ComponentFactory]:
-    """Name → constructor of every component this build has."""
-    from .components import FACTORIES
-
-    return dict(FACTORIES)
 
 
 # -- the supervisor ---------------------------------------------------------------------------
@@ -233,18 +225,17 @@ class Runtime:
     start_retry_s: ClassVar[float] = 5.0
 
     def __init__(self, config: UnitConfig, components: list[str] | None = None,
-                 clock: Clock | None = None, notifier: Notifier | None = None,
-                 factories: dict[str, ComponentFactory] | None = None,
+                 clock: Clock | None = None, notifier: Notifier | None = None, *,
+                 factories: Mapping[str, ComponentFactory],
                  stall_s: float | None = None) -> None:
         self.config = config
+        self.factories = dict(factories)
+        self.names = components or list(self.factories)
         self.clock = clock or SystemClock()
-        if config.gnss is not None and config.gnss.time and \
-                "station" in (components or COMPONENT_NAMES):
+        if config.gnss is not None and config.gnss.time and "station" in self.names:
             # The station owns the receiver and feeds this clock (docs/vehicle.md, "Time").
             self.clock = SatelliteClock(self.clock)
         self.notifier = notifier or Notifier()
-        self.names = components or list(COMPONENT_NAMES)
-        self.factories = factories or component_factories()
         unknown = [n for n in self.names if n not in self.factories]
         if unknown:
             raise RuntimeFault(f"unknown component(s) {', '.join(unknown)}; "

@@ -47,6 +47,7 @@ from .config import UnitConfig
 from .i18n import Translate
 from .statusfile import read_status
 from .timesync import CHRONY_SNIPPET, WATCHDOG_DROP_IN, render_chrony
+from .unitstatus import give_back, station_pid
 
 log = logging.getLogger("xunfang.check")
 
@@ -67,45 +68,6 @@ class Outcome:
     ok: bool | None
     detail: str
     fix: str = ""
-
-
-def station_pid(cfg: UnitConfig) -> int | None:
-    """The pid of a station that is running now; None when none is.
-
-    From its status file (a station with readers), else from the lights lock
-    (a station with lights only holds it while it runs).
-    """
-    doc = read_status(cfg.unit.runtime_dir)
-    if doc is None:
-        return _lights_holder(cfg)
-    if doc.get("stopped"):
-        return None
-    pid = doc.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, another user's
-    return pid
-
-
-def _lights_holder(cfg: UnitConfig) -> int | None:
-    from .lights_control import LOCK_NAME, LightsLock
-
-    lock = LightsLock(cfg.unit.runtime_dir / LOCK_NAME)
-    if not lock.path.exists():
-        return None   # never made here: a root-owned lock file would bother the station
-    try:
-        if lock.acquire():
-            lock.release()
-            return None
-    except OSError:
-        return None
-    holder = lock.holder().removeprefix("pid ")
-    return int(holder) if holder.isdigit() else None
 
 
 class SelfTest:
@@ -232,10 +194,11 @@ class SelfTest:
                       port=port)
 
     def _open_reader(self, rc: Any) -> Outcome:
-        from drivers.readers import CardRead, open_reader
+        from drivers.readers import CardRead
         from drivers.readers.base import ONLINE
 
         from .checkin import sim_reader_config
+        from .devices import reader_from_config
 
         part = self._("reader {name}").format(name=rc.name)
         states: list[tuple[str, str]] = []
@@ -255,8 +218,8 @@ class SelfTest:
         with contextlib.suppress(OSError):
             self.cfg.unit.runtime_dir.mkdir(parents=True, exist_ok=True)
         try:
-            reader = open_reader(sim_reader_config(self.cfg, rc), on_card=on_card,
-                                 on_state=on_state)
+            reader = reader_from_config(sim_reader_config(self.cfg, rc), on_card=on_card,
+                                        on_state=on_state)
         except Exception as err:
             return Outcome(part, False, self._("cannot start {driver} on {port}: {error}")
                            .format(driver=rc.driver, port=rc.port, error=err),
@@ -720,12 +683,6 @@ def runtime_watchdog(systemd_dir: Path) -> str | None:
                 if m:
                     value = m.group(1)
     return value
-
-
-def give_back(journal_path: Path) -> None:
-    from .unitstatus import give_back as give
-
-    give(journal_path)
 
 
 def _err(err: BaseException) -> str:

@@ -166,9 +166,9 @@ def tap(config: str | os.PathLike[str] | UnitConfig, card: str, reader: str | No
 
 
 def cmd_sim_tap(args: argparse.Namespace) -> int:
-    from .cli import _load_or_exit, format_event
+    from .commandline import format_event, load_config_or_exit
 
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     try:
         result = tap(cfg, args.card, args.reader, wait_s=args.wait, fmt=args.format)
     except SimTapError as err:

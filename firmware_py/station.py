@@ -13,44 +13,20 @@ import logging
 import time
 from typing import Any, ClassVar
 
+from .alarms import AlarmsPart
+from .checkin import CheckinPart
+from .lights_control import LightsPart
+from .parts import StationPart
 from .runtime import Component, UnitContext
+from .vehicle import VehiclePart
+
+__all__ = ["StationComponent", "StationPart", "build_parts"]
 
 log = logging.getLogger("xunfang.station")
 
 
-class StationPart:
-    """One feature of the station (lights, readers, inputs, patrol logic).
-
-    ``tick(now_mono)`` runs every loop (at least once a second, and whenever
-    the journal changes) and must return quickly; ``health()`` is this part's
-    contribution to the unit's health, written to the journal's state store.
-    """
-
-    name: ClassVar[str] = "part"
-
-    def __init__(self, ctx: UnitContext) -> None:
-        self.ctx = ctx
-
-    def open(self) -> None:
-        """Claim pins and ports."""
-
-    def tick(self, now_mono: float) -> None:
-        """Do what is due."""
-
-    def close(self) -> None:
-        """Release pins and ports; safe twice."""
-
-    def health(self) -> dict[str, Any]:
-        return {}
-
-
 def build_parts(ctx: UnitContext) -> list[StationPart]:
     """The parts this unit's config asks for, in the order they should act."""
-    from .alarms import AlarmsPart  # lazy: the parts' modules import this one
-    from .checkin import CheckinPart
-    from .lights_control import LightsPart
-    from .vehicle import VehiclePart
-
     parts: list[StationPart] = []
     parts += AlarmsPart.for_config(ctx)   # before the lights: an alarm strobes them
     parts += LightsPart.for_config(ctx)

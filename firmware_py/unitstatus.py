@@ -29,7 +29,6 @@ from .config import UnitConfig
 from .exc import JournalError
 from .i18n import Translate, choose_language, translator
 from .journal import Journal
-from .selftest import station_pid
 from .statusfile import read_status
 
 LAST_HEALTH_KEY = "uplink/last_health"
@@ -49,6 +48,45 @@ def give_back(journal_path: Path) -> None:
         with contextlib.suppress(OSError):
             if side.stat().st_uid != st.st_uid:
                 os.chown(side, st.st_uid, st.st_gid)
+
+
+def station_pid(cfg: UnitConfig) -> int | None:
+    """The pid of a station that is running now; None when none is.
+
+    From its status file (a station with readers), else from the lights lock
+    (a station with lights only holds it while it runs).
+    """
+    doc = read_status(cfg.unit.runtime_dir)
+    if doc is None:
+        return _lights_holder(cfg)
+    if doc.get("stopped"):
+        return None
+    pid = doc.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
+def _lights_holder(cfg: UnitConfig) -> int | None:
+    from .lights_control import LOCK_NAME, LightsLock
+
+    lock = LightsLock(cfg.unit.runtime_dir / LOCK_NAME)
+    if not lock.path.exists():
+        return None   # never made here: a root-owned lock file would bother the station
+    try:
+        if lock.acquire():
+            lock.release()
+            return None
+    except OSError:
+        return None
+    holder = lock.holder().removeprefix("pid ")
+    return int(holder) if holder.isdigit() else None
 
 
 def _age_s(ts: str | None, now_ms: int) -> float | None:
@@ -206,9 +244,9 @@ def _duration(seconds: float | None, _: Translate) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .cli import _load_or_exit
+    from .commandline import load_config_or_exit
 
-    cfg = _load_or_exit(args.config)
+    cfg = load_config_or_exit(args.config)
     _ = translator(choose_language(args.lang))
     try:
         doc = collect(cfg, last=args.events)

@@ -37,9 +37,9 @@ from .clock import SatelliteClock, rfc3339_ms
 from .config import PatrolSection, VehicleSection
 from .desired import current_level, current_points
 from .exc import JournalError
+from .parts import StationPart
 from .patrol import DUTY_KEY, Instant, Windows, wall_of
 from .runtime import UnitContext
-from .station import StationPart
 
 log = logging.getLogger("xunfang.vehicle")
 

@@ -14,8 +14,6 @@ newer than the build is refused.
 from __future__ import annotations
 
 import os
-import re
-from typing import Any
 
 from center.store.base import (
     COUNTERS,
@@ -28,8 +26,10 @@ from center.store.base import (
     LedgerDatabaseError,
     LedgerError,
     LedgerStore,
+    backend_class,
     complement,
     format_ranges,
+    is_url,
     migrations,
     ranges,
 )
@@ -53,29 +53,6 @@ __all__ = [
     "open_store",
     "ranges",
 ]
-
-_URL_SCHEMES = ("postgresql://", "postgres://")
-_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def is_url(target: str | os.PathLike[str]) -> bool:
-    """True when ``target`` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(target, str) and target.startswith(_URL_SCHEMES)
-
-
-def backend_class(target: Any) -> type[LedgerStore]:
-    """The store class for a path (SQLite) or a ``postgresql://`` URL."""
-    if is_url(target):
-        from center.store.postgres import PostgresStore
-
-        return PostgresStore
-    if isinstance(target, str) and (m := _OTHER_URL.match(target)):
-        raise LedgerDatabaseError(f"ledger database {m[0]}…: give a file path (SQLite) or a "
-                                  "postgresql:// URL")
-    from center.store.sqlite import SqliteStore
-
-    return SqliteStore
-
 
 def open_store(target: str | os.PathLike[str], site: str | None = None,
                readonly: bool = False, writer: str = "ledger") -> LedgerStore:

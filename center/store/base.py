@@ -13,8 +13,10 @@ here that both inherit.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -268,6 +270,32 @@ def statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+_URL_SCHEMES = ("postgresql://", "postgres://")
+_OTHER_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(target: str | os.PathLike[str]) -> bool:
+    """True when ``target`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(_URL_SCHEMES)
+
+
+def backend_class(target: Any) -> type[LedgerStore]:
+    """The store class for a path (SQLite) or a ``postgresql://`` URL."""
+    if is_url(target):
+        return _backend("postgres", "PostgresStore")
+    if isinstance(target, str) and (m := _OTHER_URL.match(target)):
+        raise LedgerDatabaseError(f"ledger database {m[0]}…: give a file path (SQLite) or a "
+                                  "postgresql:// URL")
+    return _backend("sqlite", "SqliteStore")
+
+
+def _backend(module: str, name: str) -> type[LedgerStore]:
+    # Loaded by name when first used: psycopg is imported only for a PostgreSQL database,
+    # and the backends (which derive from this module) form no import cycle with it.
+    cls: type[LedgerStore] = getattr(importlib.import_module(f"center.store.{module}"), name)
+    return cls
+
+
 # -- the store ----------------------------------------------------------------------------------
 
 
@@ -294,8 +322,6 @@ class LedgerStore:
 
     def __new__(cls, target: Any = None, *args: Any, **kwargs: Any) -> LedgerStore:
         if cls is LedgerStore:
-            from center.store import backend_class
-
             cls = backend_class(target)
         return super().__new__(cls)
 

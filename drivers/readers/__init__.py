@@ -1,14 +1,14 @@
 """RFID card readers: one module per protocol, a simulated reader, and the factory.
 
     from drivers.readers import open_reader
-    reader = open_reader(cfg.readers[0], on_card=print, on_state=print)
+    reader = open_reader("rdm6300", "/dev/serial0", on_card=print, on_state=print)
     ...
     reader.stop()
 
-``open_reader`` builds the driver named by ``ReaderConfig.driver``
-(``rdm6300``, ``pn532``, ``line``, ``sim``), wraps it in a started
-:class:`~drivers.readers.base.ReaderThread` and returns it. Card ids are
-canonical upper-case hex; ``cardid`` parses the forms a card list may use.
+``open_reader`` builds the named driver (``rdm6300``, ``pn532``, ``line``,
+``sim``), wraps it in a started :class:`~drivers.readers.base.ReaderThread`
+and returns it. Card ids are canonical upper-case hex; ``cardid`` parses the
+forms a card list may use.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from .cardid import CardIndex, CardPattern, matches, normalize_card_hex, parse_c
 
 if TYPE_CHECKING:
     from gpiozero import OutputDevice
-
-    from firmware_py.config import ReaderConfig
 
 __all__ = [
     "DRIVERS",
@@ -83,25 +81,29 @@ def make_protocol(driver: str, reader: str, *, number_format: str = "auto",
                               f"(one of {', '.join(DRIVERS)})")
 
 
-def _power_relay(config: ReaderConfig, pin_factory: Any) -> OutputDevice:
+def _power_relay(reader: str, pin: int | str, pin_factory: Any) -> OutputDevice:
     from gpiozero import OutputDevice
 
     try:
         # Active = power cut (relay energised, normally-closed contact opens);
         # idle low, so the reader stays powered while the daemon is down.
-        return OutputDevice(config.power_pin, active_high=True, initial_value=False,
-                            pin_factory=pin_factory)
+        return OutputDevice(pin, active_high=True, initial_value=False, pin_factory=pin_factory)
     except Exception as err:
-        raise ReaderConfigInvalid(f"reader {config.name}: power_pin GPIO{config.power_pin}: "
-                                  f"{err}") from err
+        raise ReaderConfigInvalid(f"reader {reader}: power_pin GPIO{pin}: {err}") from err
 
 
 def open_reader(
-    config: ReaderConfig,
-    on_card: OnCard | None,
-    on_state: OnState | None,
-    pin_factory: Any = None,
+    driver: str,
+    port: str,
     *,
+    name: str = "reader",
+    baud: int | None = None,
+    number_format: str = "auto",
+    frame: str | None = None,
+    power_pin: int | str | None = None,
+    on_card: OnCard | None = None,
+    on_state: OnState | None = None,
+    pin_factory: Any = None,
     power: OutputDevice | None = None,
     hold_s: float = HOLD_S,
     clock: Callable[[], float] = time.monotonic,
@@ -109,7 +111,14 @@ def open_reader(
     start: bool = True,
     **thread_options: Any,
 ) -> ReaderThread:
-    """A running reader for one ``[[readers]]`` entry.
+    """A running reader: ``driver`` (one of :data:`DRIVERS`) on ``port``.
+
+    ``port`` is a pyserial URL (``/dev/serial0``, ``loop://``, ``socket://``)
+    or, for the ``sim`` driver, ``sim://FORMAT[?link=PATH]``; ``baud`` None is
+    the driver's default. ``name`` appears in events and messages.
+    ``number_format`` is how a ``line`` reader's numbers are written
+    (``auto``, ``hex``, ``dec``); ``frame`` the one frame form an ``rdm6300``
+    reads (``rdm6300``, ``rf125``; None: ``rdm6300``).
 
     ``on_card(CardRead)`` gets each tap; ``on_state(reader, "online" |
     "offline", detail)`` each change of state. With ``power_pin`` set, a
@@ -124,30 +133,32 @@ def open_reader(
     driver or sim port it cannot build; a port that cannot be opened is not an
     error here: the reader reports itself offline and keeps trying.
     """
+    if frame is not None and driver != "rdm6300":
+        raise ReaderConfigInvalid(f"reader {name}: only an rdm6300 reader has a frame form, "
+                                  f"this one is {driver!r}")
     own_power = False
-    if power is None and config.power_pin is not None:
-        power = _power_relay(config, pin_factory)
+    if power is None and power_pin is not None:
+        power = _power_relay(name, power_pin, pin_factory)
         own_power = True
     popts = dict(protocol_options or {})
     try:
-        if config.driver == "sim":
+        if driver == "sim":
             from .sim import SimReader, SimReaderThread, parse_sim_port
 
-            fmt, link = parse_sim_port(config.port)
+            fmt, link = parse_sim_port(port)
             sim = SimReader(fmt, link=link)
             reader: ReaderThread = SimReaderThread(
-                config.name, sim, hold_s=hold_s, clock=clock, on_card=on_card,
-                on_state=on_state, baudrate=config.baud, power=power, own_power=own_power,
+                name, sim, hold_s=hold_s, clock=clock, on_card=on_card,
+                on_state=on_state, baudrate=baud, power=power, own_power=own_power,
                 **thread_options)
         else:
-            if config.driver == "rdm6300":
-                popts.setdefault("frame", config.frame or "rdm6300")
-            protocol = make_protocol(config.driver, config.name,
-                                     number_format=config.number_format, hold_s=hold_s,
+            if driver == "rdm6300":
+                popts.setdefault("frame", frame or "rdm6300")
+            protocol = make_protocol(driver, name, number_format=number_format, hold_s=hold_s,
                                      clock=clock, **popts)
-            reader = ReaderThread(config.name, config.port, protocol, on_card=on_card,
-                                  on_state=on_state, baudrate=config.baud, power=power,
-                                  own_power=own_power, **thread_options)
+            reader = ReaderThread(name, port, protocol, on_card=on_card, on_state=on_state,
+                                  baudrate=baud, power=power, own_power=own_power,
+                                  **thread_options)
     except BaseException:
         if own_power and power is not None:
             power.close()

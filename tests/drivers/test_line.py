@@ -21,7 +21,6 @@ from drivers.readers.line import (
     line_protocol,
     line_to_card,
 )
-from firmware_py.config import ReaderConfig
 from tests.drivers.reader_helpers import ManualClock, PtyPair, Recorder, wait_until
 
 # Every wait below has its own deadline; this bounds a whole test that hangs.
@@ -255,8 +254,8 @@ def test_a_megabyte_of_random_bytes_yields_no_card(fmt: str, seed: int) -> None:
 def test_driver_reads_no_card_from_a_megabyte_of_noise_on_a_pty() -> None:
     pair = PtyPair()
     rec = Recorder()
-    reader = open_reader(ReaderConfig(name="booth", driver="line", port=pair.path), rec.on_card,
-                         rec.on_state, hold_s=0)
+    reader = open_reader("line", pair.path, name="booth", on_card=rec.on_card,
+                         on_state=rec.on_state, hold_s=0)
     data = random.Random(0).randbytes(1 << 20)
     try:
         rec.wait_state("online")

@@ -19,7 +19,6 @@ from drivers.readers.rdm6300 import (
     encode_rf125_frame,
     rdm6300_protocol,
 )
-from firmware_py.config import ReaderConfig
 from tests.drivers.reader_helpers import ManualClock, PtyPair, Recorder
 
 # Every wait below has its own deadline; this bounds a whole test that hangs.
@@ -344,8 +343,8 @@ def test_fuzz_every_one_byte_loss_of_a_frame_yields_no_card(card: str, form: str
 def test_driver_configured_for_14_byte_frames_reads_no_card_from_damaged_frames() -> None:
     pair = PtyPair()
     rec = Recorder()
-    config = ReaderConfig(name="main", driver="rdm6300", port=pair.path)
-    reader = open_reader(config, rec.on_card, rec.on_state, hold_s=0)
+    reader = open_reader("rdm6300", pair.path, name="main", on_card=rec.on_card,
+                         on_state=rec.on_state, hold_s=0)
     try:
         rec.wait_state("online")
         stream = b"".join(dropped(encode_frame(card), pos)
@@ -366,8 +365,8 @@ def test_driver_configured_for_14_byte_frames_reads_no_card_from_damaged_frames(
 def test_driver_configured_for_rf125_reads_rf125_frames_over_a_pty() -> None:
     pair = PtyPair()
     rec = Recorder()
-    config = ReaderConfig(name="main", driver="rdm6300", port=pair.path, frame="rf125")
-    reader = open_reader(config, rec.on_card, rec.on_state, hold_s=0)
+    reader = open_reader("rdm6300", pair.path, name="main", frame="rf125", on_card=rec.on_card,
+                         on_state=rec.on_state, hold_s=0)
     try:
         rec.wait_state("online")
         for card in ("14008EC793", "0000000003", "0000000041"):   # raw checksums ETX, "A"

@@ -21,7 +21,6 @@ from drivers.readers import DRIVERS, make_protocol, open_reader
 from drivers.readers.base import CardRead, ReaderThread
 from drivers.readers.pn532 import Pn532Protocol
 from drivers.readers.rdm6300 import encode_frame, rdm6300_protocol
-from firmware_py.config import ReaderConfig
 from tests.drivers.reader_helpers import ManualClock, PtyPair, Recorder, point, wait_until
 
 # Every wait below has its own deadline; this bounds a whole test that hangs.
@@ -182,9 +181,9 @@ def test_binary_noise_cannot_stop_the_reader(ptys: list[PtyPair]) -> None:
 def test_noise_only_reader_is_power_cycled_through_its_relay(ptys: list[PtyPair]) -> None:
     pair = new_pty(ptys)
     factory = MockFactory()
-    config = ReaderConfig(name="main", driver="rdm6300", port=pair.path, power_pin=17)
     rec = Recorder()
-    reader = open_reader(config, rec.on_card, rec.on_state, pin_factory=factory,
+    reader = open_reader("rdm6300", pair.path, name="main", power_pin=17, on_card=rec.on_card,
+                         on_state=rec.on_state, pin_factory=factory,
                          power_off_s=0.05, power_settle_s=0.0, **FAST)
     pin = factory.pin(17)
     try:
@@ -295,18 +294,16 @@ def test_spy_url_writes_a_trace_for_field_debugging(tmp_path: Path,
 def test_open_reader_builds_each_driver_with_its_default_baud(tmp_path: Path) -> None:
     expected = {"rdm6300": 9600, "pn532": 115200, "line": 9600}
     for driver, baud in expected.items():
-        config = ReaderConfig(name="r1", driver=driver, port=str(tmp_path / "x"))  # type: ignore[arg-type]
-        reader = open_reader(config, None, None, start=False)
+        reader = open_reader(driver, str(tmp_path / "x"), name="r1", start=False)
         assert (reader.protocol.driver, reader.baudrate) == (driver, baud)
         reader.stop()
-    config = ReaderConfig(name="r1", driver="line", port="loop://", baud=115200,
-                          number_format="dec")
-    reader = open_reader(config, None, None, start=False)
+    reader = open_reader("line", "loop://", name="r1", baud=115200, number_format="dec",
+                         start=False)
     assert reader.baudrate == 115200
     assert reader.protocol.parser.number_format == "dec"  # type: ignore[attr-defined]
     reader.stop()
-    pn = open_reader(ReaderConfig(name="k", driver="pn532", port="loop://"), None, None,
-                     start=False, protocol_options={"poll_interval_s": 0.5})
+    pn = open_reader("pn532", "loop://", name="k", start=False,
+                     protocol_options={"poll_interval_s": 0.5})
     assert isinstance(pn.protocol, Pn532Protocol) and pn.protocol.poll_interval_s == 0.5
     pn.stop()
     assert DRIVERS == ("rdm6300", "pn532", "line", "sim")
@@ -317,9 +314,9 @@ def test_unknown_driver_and_busy_power_pin_are_config_errors(tmp_path: Path) -> 
         make_protocol("wiegand", "r1")
     factory = MockFactory()
     holder = OutputDevice(17, pin_factory=factory)
-    config = ReaderConfig(name="main", driver="rdm6300", port=str(tmp_path / "x"), power_pin=17)
     with pytest.raises(ValueError, match="power_pin GPIO17"):
-        open_reader(config, None, None, pin_factory=factory)
+        open_reader("rdm6300", str(tmp_path / "x"), name="main", power_pin=17,
+                    pin_factory=factory)
     holder.close()
 
 

@@ -7,13 +7,13 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from drivers.exc import ReaderConfigInvalid, ReaderPortLost
-from drivers.readers import open_reader
+from drivers.readers import ReaderThread, open_reader
 from drivers.readers.sim import SimReader, encode_tap, parse_sim_port
-from firmware_py.config import ReaderConfig
 from tests.drivers.reader_helpers import Recorder, wait_until
 
 # Every wait below has its own deadline; this bounds a whole test that hangs.
@@ -22,8 +22,9 @@ pytestmark = pytest.mark.timeout(30)
 FAST = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2}
 
 
-def sim_config(port: str = "sim", **kw: object) -> ReaderConfig:
-    return ReaderConfig(name="main", driver="sim", port=port, **kw)  # type: ignore[arg-type]
+def open_sim(port: str, rec: Recorder, **options: Any) -> ReaderThread:
+    return open_reader("sim", port, name="main", on_card=rec.on_card, on_state=rec.on_state,
+                       **options)
 
 
 @pytest.mark.parametrize("port, expected", [
@@ -61,7 +62,7 @@ def test_encode_tap_in_each_format() -> None:
 ])
 def test_sim_reader_taps_are_read_by_the_real_driver(fmt: str, card: str) -> None:
     rec = Recorder()
-    reader = open_reader(sim_config(f"sim://{fmt}"), rec.on_card, rec.on_state, **FAST)
+    reader = open_sim(f"sim://{fmt}", rec, **FAST)
     try:
         rec.wait_state("online")
         assert reader.sim.tap("14008EC793") == encode_tap("14008EC793", fmt)  # type: ignore[attr-defined]
@@ -74,7 +75,7 @@ def test_sim_reader_taps_are_read_by_the_real_driver(fmt: str, card: str) -> Non
 
 def test_tap_by_hand_with_printf_into_port_path() -> None:
     rec = Recorder()
-    reader = open_reader(sim_config(), rec.on_card, rec.on_state, **FAST)
+    reader = open_sim("sim", rec, **FAST)
     try:
         rec.wait_state("online")
         path = reader.sim.port_path  # type: ignore[attr-defined]
@@ -90,8 +91,7 @@ def test_tap_by_hand_with_printf_into_port_path() -> None:
 def test_link_names_the_tap_side_and_goes_away_on_stop(tmp_path: Path) -> None:
     link = tmp_path / "sim-main"
     rec = Recorder()
-    reader = open_reader(sim_config(f"sim://hex?link={link}"), rec.on_card, rec.on_state,
-                         **FAST)
+    reader = open_sim(f"sim://hex?link={link}", rec, **FAST)
     try:
         rec.wait_state("online")
         assert os.readlink(link) == reader.sim.port_path  # type: ignore[attr-defined]
@@ -105,7 +105,7 @@ def test_link_names_the_tap_side_and_goes_away_on_stop(tmp_path: Path) -> None:
 
 def test_unplug_and_replug_go_offline_and_online() -> None:
     rec = Recorder()
-    reader = open_reader(sim_config(), rec.on_card, rec.on_state, **FAST)
+    reader = open_sim("sim", rec, **FAST)
     sim: SimReader = reader.sim  # type: ignore[attr-defined]
     try:
         rec.wait_state("online")

@@ -20,6 +20,7 @@ import pytest
 
 from firmware_py import sim, topics
 from firmware_py.clock import ManualClock
+from firmware_py.components import unit_runtime
 from firmware_py.config import UnitConfig, load_config
 from firmware_py.journal import Journal
 from firmware_py.runtime import Component, Notifier, Runtime, UnitContext
@@ -412,7 +413,7 @@ def test_a_unit_starts_on_a_full_disk_shows_the_fault_and_recovers(
     filler = _fill(small_disk)   # the SD card filled up while the unit was off
     watcher = Watcher(mosquitto.probe(None, client_id="watch"))
     with global_mock_factory() as factory:
-        rt = Runtime(cfg, ["station", "uplink"], notifier=Notifier({}))
+        rt = unit_runtime(cfg, ["station", "uplink"], notifier=Notifier({}))
         rt.start()               # before: "cannot start", exit 1, nothing running
         thread = threading.Thread(target=rt.run_until_stopped, daemon=True)
         thread.start()

@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from center.ledger import Ledger
 from firmware_py import topics
 from firmware_py.clock import ManualClock
+from firmware_py.components import unit_runtime
 from firmware_py.config import UnitConfig, load_config
 from firmware_py.journal import Event, Journal
 from firmware_py.runtime import Runtime
@@ -109,7 +110,7 @@ class District:
         self._publisher = client
 
     def start_unit(self, unit: str) -> None:
-        runtime = Runtime(self.configs[unit], ["station", "uplink"], clock=self.clock)
+        runtime = unit_runtime(self.configs[unit], ["station", "uplink"], clock=self.clock)
         runtime.start()
         self.runtimes[unit] = runtime
 
